@@ -1,0 +1,153 @@
+"""Conformance harness: every test here runs once per runtime.
+
+    pytest conformance                      every registered runtime; absent ones skipped with the reason
+    pytest conformance --runtime cpu        that runtime only; fails if it is unavailable, if nothing
+                                            ran, or if every test skipped
+    pytest conformance --fault NAME         a deliberately broken CPU variant (see faults.py)
+    pytest conformance --results-json F     outcomes and metrics per test, for reports
+
+Four outcomes are kept apart: passed, failed, not_supported (the runtime declares it lacks
+a feature) and skipped (device absent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import pytest
+
+from g4c import runtime as registry
+from g4c import tolerance
+
+from .harness import NOT_SUPPORTED
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("gemma4-conformance")
+    g.addoption("--runtime", action="append", default=[], help="runtime to test (repeatable); default: all registered")
+    g.addoption("--fault", default=None, help="inject a deliberate bug into the cpu runtime (see conformance/faults.py)")
+    g.addoption("--results-json", default=None, help="write outcomes and metrics per test to this file")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on 2 cores")
+    found = registry.discover()
+    asked = config.getoption("--runtime")
+    unknown = [r for r in asked if r not in found]
+    if unknown:
+        raise pytest.UsageError(f"unknown runtime(s) {', '.join(unknown)} (registered: {', '.join(found)})")
+    for name in asked:
+        av = found[name].availability()
+        if not av.ok:
+            raise pytest.UsageError(f"runtime {name} was asked for explicitly but is unavailable: {av.reason}")
+    config._g4c_runtimes = {n: found[n] for n in (asked or found)}
+    config._g4c_explicit = bool(asked)
+    config._g4c_results = {}
+    fault = config.getoption("--fault")
+    if fault:
+        from conformance import faults
+
+        if fault not in faults.FAULTS:
+            raise pytest.UsageError(f"unknown fault {fault!r} (known: {', '.join(faults.FAULTS)})")
+        if set(config._g4c_runtimes) != {"cpu"}:
+            raise pytest.UsageError("--fault patches the cpu runtime: use it with --runtime cpu")
+        config._g4c_fault_mp = pytest.MonkeyPatch()
+        faults.apply(fault, config._g4c_fault_mp)
+
+
+def pytest_unconfigure(config):
+    mp = getattr(config, "_g4c_fault_mp", None)
+    if mp is not None:
+        mp.undo()
+
+
+def pytest_generate_tests(metafunc):
+    if "runtime" in metafunc.fixturenames:
+        names = list(metafunc.config._g4c_runtimes)
+        metafunc.parametrize("runtime", names, indirect=True, ids=names)
+
+
+@pytest.fixture
+def runtime(request):
+    rt = request.config._g4c_runtimes[request.param]
+    av = rt.availability()
+    if not av.ok:
+        pytest.skip(f"runtime {request.param} unavailable: {av.reason}")
+    return rt
+
+
+@pytest.fixture
+def tol(runtime):
+    return tolerance.for_runtime(runtime)
+
+
+@pytest.fixture
+def metric(request):
+    """record(name, value): kept in the results JSON and printed in the summary."""
+
+    def record(name, value):
+        request.node.user_properties.append((name, value))
+
+    return record
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        if report.outcome == "skipped":
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            reason = reason.removeprefix("Skipped: ")
+            outcome = "not_supported" if reason.startswith(NOT_SUPPORTED) else "skipped"
+        else:
+            reason, outcome = None, report.outcome
+        entry = {"outcome": outcome, "duration_s": round(report.duration, 3),
+                 "metrics": {k: v for k, v in report.user_properties}}
+        if reason:
+            entry["reason"] = reason
+        if report.failed:
+            entry["message"] = str(report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else report.longrepr)[:2000]
+        _results[report.nodeid] = entry
+
+
+_results: dict = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    counts = {k: sum(1 for r in _results.values() if r["outcome"] == k) for k in ("passed", "failed", "skipped", "not_supported")}
+    if config._g4c_explicit and exitstatus in (0, 5) and counts["passed"] == 0:
+        session.exitstatus = 1
+        config._g4c_empty = True
+    path = config.getoption("--results-json")
+    if path:
+        doc = {
+            "suite": "gemma4-conformance",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "python": platform.python_version()},
+            "runtimes": {n: {"available": rt.availability().ok, "reason": rt.availability().reason,
+                             "precision": getattr(rt, "precision", "f32")}
+                         for n, rt in config._g4c_runtimes.items()},
+            "fault": config.getoption("--fault"),
+            "counts": counts,
+            "tests": _results,
+        }
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+        os.replace(tmp, path)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = [(nodeid, r["metrics"]) for nodeid, r in _results.items() if r["metrics"]]
+    if rows:
+        terminalreporter.section("conformance metrics")
+        for nodeid, metrics in rows:
+            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {shown}")
+    if getattr(config, "_g4c_empty", False):
+        terminalreporter.write_line(
+            "FAILED: runtime(s) asked for explicitly but no conformance test passed (nothing ran or all skipped)", red=True
+        )

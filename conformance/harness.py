@@ -1,0 +1,74 @@
+"""Shared pieces of the conformance tests: cached fixture models and reference outputs."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+import fixtures
+from g4c.model import Model
+from g4c.reference import Reference
+
+NOT_SUPPORTED = "not supported:"
+
+
+@lru_cache(maxsize=None)
+def load_model(preset: str, qtype: str | None = None, **variant) -> Model:
+    return Model(fixtures.ensure(preset, qtype, **variant))
+
+
+@lru_cache(maxsize=None)
+def reference(model: Model, angles: str = "f64") -> Reference:
+    return Reference(model, angles)
+
+
+@lru_cache(maxsize=None)
+def reference_logits(model: Model, tokens: tuple, start: int = 0, angles: str = "f64", trace: bool = False):
+    """Reference logits (and trace) for a prompt, computed once per session for all runtimes."""
+    tr = {} if trace else None
+    out = reference(model, angles).forward(np.array(tokens), start, trace=tr)
+    return (out, tr) if trace else out
+
+
+def supports(runtime, feature: str, value) -> None:
+    """Ask an optional `supports(feature, value)` of the runtime; a no is a not_supported outcome."""
+    check = getattr(runtime, "supports", None)
+    if check is not None and not check(feature, value):
+        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no support for {feature} {value}")
+
+
+def prompt(n: int, n_vocab: int, seed: int = 0) -> tuple[int, ...]:
+    """A deterministic prompt of ordinary tokens (no specials, no suppressed ids)."""
+    return tuple(int(t) for t in np.random.default_rng(seed).integers(5, n_vocab - 2, n))
+
+
+def window_prompt(n: int) -> tuple[int, ...]:
+    """Three distinct tokens then one filler token repeated: the keys at the window's edge
+    stand out from the filler's, so seeing one key more or less moves the logits by whole
+    units (tests/test_reference.py measures it) instead of by noise."""
+    return (300, 301, 302) + (200,) * (n - 3)
+
+
+def run_prefill(runtime, model, tokens, start=0, trace=False, max_context=None):
+    """Load a session and prefill; returns (logits, trace or None)."""
+    sess = runtime.load(model, max_context or model.config.n_ctx_train, 1, trace=trace)
+    logits = sess.prefill(list(tokens), start)
+    return np.asarray(logits), (getattr(sess, "trace", None) if trace else None)
+
+
+def check_logits(runtime, tol, model, tokens, metric, start=0, what="logits", max_abs=None):
+    """Runtime prefill against the float64 reference, diverging layer named on failure."""
+    from g4c.compare import assert_logits_close
+
+    ref, ref_trace = reference_logits(model, tuple(tokens), start, trace=True)
+    got, got_trace = run_prefill(runtime, model, tokens, start, trace=True)
+    limit = tol.logit_max_abs(model.config) if max_abs is None else max_abs
+    rep = assert_logits_close(got, ref, tol, limit, start + np.arange(len(tokens)),
+                              got_trace=got_trace, ref_trace=ref_trace, what=what)
+    metric("max_abs_dlogit", rep.max_abs)
+    metric("nmse", rep.nmse)
+    metric("mean_kl", rep.mean_kl)
+    metric("top1_agreement", rep.top1_agreement)
+    return rep

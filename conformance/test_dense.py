@@ -1,0 +1,63 @@
+"""The dense no-PLE forward against the float64 reference, with the file variants a
+runtime must read: layer_output_scale present or absent, head_count_kv scalar or array,
+tied or untied output head. The logits comparison also catches a missing softcap, a
+(1 + w) norm and a 1/sqrt(d) attention scale (tests/test_faults.py)."""
+
+import numpy as np
+import pytest
+
+from g4c.compare import assert_logits_close
+
+from .harness import check_logits, load_model, prompt, reference_logits
+
+VARIANTS = {
+    "12b-like": {},
+    "no-layer-output-scale": {"output_scale": False},
+    "scalar-kv-heads": {"kv_array": False, "n_head_kv_full": 2},
+    "untied-output": {"tied": False},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_dense_logits(runtime, tol, metric, variant):
+    model = load_model("tiny", **VARIANTS[variant])
+    c = model.config
+    if variant == "no-layer-output-scale":
+        assert not any(s.has_output_scale for s in c.layers)
+    check_logits(runtime, tol, model, prompt(24, model.n_vocab, seed=1), metric)
+
+
+def test_dense_decode_matches_reference(runtime, tol, metric):
+    """Prefill 8 tokens, decode 40 one at a time (past the window of 32): each step's logits
+    against the reference's logits at that position."""
+    model = load_model("tiny")
+    toks = prompt(48, model.n_vocab, seed=2)
+    ref = reference_logits(model, toks)
+    sess = runtime.load(model, 256, 1)
+    rows = [np.asarray(sess.prefill(list(toks[:8])))[-1]]
+    for t in toks[8:-1]:
+        rows.append(np.asarray(sess.decode([t]))[0])
+    rep = assert_logits_close(np.array(rows), ref[7:-1], tol, tol.logit_max_abs(model.config), np.arange(7, 47),
+                              what="decode logits")
+    metric("max_abs_dlogit", rep.max_abs)
+    metric("mean_kl", rep.mean_kl)
+    assert np.allclose(np.asarray(sess.logits), rows[-1]), "session.logits is not the last decode's logits"
+
+
+def test_softcap_bounds(runtime):
+    model = load_model("tiny")
+    got = np.asarray(runtime.load(model, 64, 1).prefill(list(prompt(16, model.n_vocab))))
+    cap = model.config.final_softcap
+    assert np.abs(got).max() <= cap, f"|logit| {np.abs(got).max():.3g} exceeds final_logit_softcapping {cap}"
+
+
+def test_reset_forgets(runtime):
+    model = load_model("tiny")
+    toks = list(prompt(10, model.n_vocab, seed=3))
+    sess = runtime.load(model, 64, 1)
+    first = np.asarray(sess.prefill(toks)).copy()
+    sess.prefill(list(prompt(20, model.n_vocab, seed=4)))
+    sess.reset()
+    again = np.asarray(sess.prefill(toks))
+    np.testing.assert_array_equal(again, first, err_msg="logits after reset() differ from a fresh session's")
+

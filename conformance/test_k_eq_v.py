@@ -1,0 +1,32 @@
+"""k_eq_v full layers: no attn_v tensor, V = the raw K projection then a weightless RMS
+norm (not K after k_norm and RoPE). Compared layer by layer where the runtime traces."""
+
+import numpy as np
+import pytest
+
+from g4c.compare import nmse
+
+from .harness import check_logits, load_model, prompt, reference_logits, run_prefill
+
+
+@pytest.mark.parametrize("preset", ["tiny", "schema"])
+def test_k_eq_v_logits(runtime, tol, metric, preset):
+    model = load_model(preset)
+    full = [s for s in model.config.layers if not s.sliding]
+    assert full and not any(s.has_v for s in full), "fixture must have full layers without attn_v"
+    check_logits(runtime, tol, model, prompt(16, model.n_vocab, seed=7), metric)
+
+
+def test_k_eq_v_layer_outputs(runtime, tol, metric):
+    model = load_model("tiny")
+    toks = prompt(16, model.n_vocab, seed=8)
+    _, ref_trace = reference_logits(model, toks, trace=True)
+    _, got_trace = run_prefill(runtime, model, toks, trace=True)
+    if not got_trace:
+        pytest.skip(f"not supported: runtime {runtime.name} records no per-layer trace")
+    for s in model.config.layers:
+        if s.sliding:
+            continue
+        e = nmse(got_trace[s.index, "attn_out"], ref_trace[s.index, "attn_out"])
+        metric(f"attn_out_nmse_layer{s.index}", e)
+        assert e <= tol.hidden_nmse, f"full layer {s.index} attention output: NMSE {e:.3g} > {tol.hidden_nmse:g}"

@@ -1,0 +1,226 @@
+"""Open a GGUF (memory-mapped), parse its config once, validate every tensor against it.
+
+A 7 GB file is never read whole: tensors are numpy memmap views of the file, and a
+`Weight` dequantizes only the rows it is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFReader, GGUFValueType
+
+from . import quants
+from .config import LayerSpec, MetaValue, ModelConfig
+from .errors import G4CError, GGUFFormatError
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One tensor: GGUF name and type, shape as GGUF lists it (fastest dim first), raw rows."""
+
+    name: str
+    qtype: QT
+    shape: tuple[int, ...]
+    raw: np.ndarray  # uint8 (n_rows, row_bytes), a view of the memory map
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Dequantized float32 rows [start, stop) of shape (rows, n_cols)."""
+        return quants.dequantize(self.raw[start:stop], self.qtype, self.n_cols)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Dequantized float32 rows at the given indices (embedding lookup)."""
+        return quants.dequantize(self.raw[np.asarray(ids)], self.qtype, self.n_cols)
+
+    def dequantize(self) -> np.ndarray:
+        return self.rows().reshape(self.n_rows, self.n_cols)
+
+    def vector(self) -> np.ndarray:
+        return self.rows().reshape(-1)
+
+
+def _decode_field(field) -> MetaValue:
+    types = field.types
+    if not types:
+        raise GGUFFormatError(f"key {field.name} has no type")
+    if types[0] == GGUFValueType.ARRAY:
+        sub = types[-1]
+        type_name = f"ARRAY[{sub.name}]"
+        if sub == GGUFValueType.STRING:
+            value = [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+        elif len(types) > 2:
+            raise GGUFFormatError(f"key {field.name}: nested arrays are not supported")
+        else:
+            value = [field.parts[i][0].item() for i in field.data] if field.data else []
+            if sub == GGUFValueType.BOOL:
+                value = [bool(v) for v in value]
+        return MetaValue(value, type_name)
+    if types[0] == GGUFValueType.STRING:
+        return MetaValue(bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace"), "STRING")
+    value = field.parts[field.data[0]][0].item()
+    if types[0] == GGUFValueType.BOOL:
+        value = bool(value)
+    return MetaValue(value, types[0].name)
+
+
+class Model:
+    """A validated, memory-mapped Gemma GGUF: `config` plus `weight(name)`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise GGUFFormatError(f"{self.path}: no such file")
+        try:
+            reader = GGUFReader(self.path, "r")
+        except G4CError:
+            raise
+        except Exception as e:  # the gguf reader fails deep inside numpy on corrupt files
+            raise GGUFFormatError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+        self.version = int(reader.fields["GGUF.version"].parts[-1][0]) if "GGUF.version" in reader.fields else None
+        meta: dict[str, MetaValue] = {}
+        for name, field in reader.fields.items():
+            if name.startswith("GGUF."):
+                continue
+            try:
+                meta[name] = _decode_field(field)
+            except GGUFFormatError as e:
+                raise GGUFFormatError(f"{self.path}: {e}") from None
+        self.metadata = meta
+        self._weights: dict[str, Weight] = {}
+        self._unsupported: dict[str, QT] = {}
+        for t in reader.tensors:
+            shape = tuple(int(n) for n in t.shape)
+            try:
+                lay = quants.layout(t.tensor_type, what=f"{self.path}: tensor {t.name}")
+            except G4CError:
+                # kept out of _weights: an error only if the forward needs this tensor
+                self._unsupported[t.name] = t.tensor_type
+                continue
+            if shape[0] % lay.block_size:
+                raise GGUFFormatError(
+                    f"{self.path}: tensor {t.name} row length {shape[0]} is not a multiple of "
+                    f"the {lay.qtype.name} block size {lay.block_size}"
+                )
+            n_rows = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+            raw = np.asarray(t.data).view(np.uint8).reshape(n_rows, lay.row_bytes(shape[0]))
+            self._weights[t.name] = Weight(t.name, lay.qtype, shape, raw)
+        self.tensor_names = {t.name for t in reader.tensors}
+        self.tensor_order = [t.name for t in reader.tensors]
+        self.config = ModelConfig.from_gguf(self.path, meta, self.tensor_names)
+        self._validate()
+
+    # -- tensors -------------------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return name in self.tensor_names
+
+    def weight(self, name: str) -> Weight:
+        w = self._weights.get(name)
+        if w is None:
+            if name in self._unsupported:
+                quants.layout(self._unsupported[name], what=f"{self.path}: tensor {name}")
+            raise GGUFFormatError(f"{self.path}: required tensor {name} is missing")
+        return w
+
+    def layer_weight(self, layer: int, name: str) -> Weight:
+        return self.weight(f"blk.{layer}.{name}.weight")
+
+    @property
+    def output_weight(self) -> Weight:
+        return self.weight("token_embd.weight" if self.config.tied_output else "output.weight")
+
+    @cached_property
+    def rope_freqs(self) -> np.ndarray | None:
+        return self.weight("rope_freqs.weight").vector() if self.config.has_rope_freqs else None
+
+    def weights(self) -> list[Weight]:
+        return [self._weights[n] for n in self.tensor_order if n in self._weights]
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(w.nbytes for w in self._weights.values())
+
+    # -- validation ----------------------------------------------------------------------
+    def expected_shapes(self) -> dict[str, tuple[tuple[int, ...], bool]]:
+        """tensor name -> (GGUF shape, required) implied by the config."""
+        c = self.config
+        E, V = c.n_embd, self.n_vocab
+        out: dict[str, tuple[tuple[int, ...], bool]] = {
+            "token_embd.weight": ((E, V), True),
+            "output_norm.weight": ((E,), True),
+            "output.weight": ((E, V), False),
+        }
+        if c.family == "gemma4":
+            full = next((s for s in c.layers if not s.sliding), None)
+            n_rot = full.n_rot if full else c.head_dim_full
+            out["rope_freqs.weight"] = ((n_rot // 2,), False)
+        for s in c.layers:
+            out.update(self._layer_shapes(s))
+        return out
+
+    def _layer_shapes(self, s: LayerSpec) -> dict[str, tuple[tuple[int, ...], bool]]:
+        c = self.config
+        E, H, d, kv = c.n_embd, c.n_head, s.head_dim, s.n_head_kv
+        p = f"blk.{s.index}."
+        shapes = {
+            "attn_norm": ((E,), True),
+            "attn_q": ((E, H * d), True),
+            "attn_k": ((E, kv * d), True),
+            "attn_v": ((E, kv * d), False),
+            "attn_q_norm": ((d,), True),
+            "attn_k_norm": ((d,), True),
+            "attn_output": ((H * d, E), True),
+            "post_attention_norm": ((E,), True),
+            "ffn_norm": ((E,), True),
+            "ffn_gate": ((E, s.n_ff), True),
+            "ffn_up": ((E, s.n_ff), True),
+            "ffn_down": ((s.n_ff, E), True),
+            "post_ffw_norm": ((E,), True),
+            "layer_output_scale": ((1,), False),
+        }
+        return {f"{p}{k}.weight": v for k, v in shapes.items()}
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab or int(self.weight("token_embd.weight").shape[1])
+
+    def _validate(self) -> None:
+        c = self.config
+        if "token_embd.weight" not in self.tensor_names:
+            raise GGUFFormatError(f"{self.path}: required tensor token_embd.weight is missing")
+        embd_rows = self.weight("token_embd.weight").n_rows
+        if c.n_vocab and c.n_vocab != embd_rows:
+            raise GGUFFormatError(
+                f"{self.path}: {c.arch}.vocab_size = {c.n_vocab} but token_embd.weight has {embd_rows} rows"
+            )
+        for name, (shape, required) in self.expected_shapes().items():
+            if name not in self.tensor_names:
+                if required:
+                    raise GGUFFormatError(f"{self.path}: required tensor {name} is missing")
+                continue
+            w = self._weights.get(name)
+            actual = w.shape if w is not None else None
+            if actual is not None and tuple(actual) != shape:
+                raise GGUFFormatError(
+                    f"{self.path}: tensor {name} has shape {list(actual)}, expected {list(shape)} from the metadata"
+                )
+        if c.has_rope_freqs and self.weight("rope_freqs.weight").qtype != QT.F32:
+            raise GGUFFormatError(
+                f"{self.path}: tensor rope_freqs.weight must be F32 (its 1e30 entries overflow "
+                f"{self.weight('rope_freqs.weight').qtype.name})"
+            )

@@ -1,0 +1,107 @@
+"""The one Runtime interface and the registry that finds runtimes through entry points.
+
+An engine plugs in by exposing, under the entry-point group `gemma4_conformance.runtimes`,
+a zero-argument callable returning an object with:
+
+    name: str
+    availability() -> Availability            # device present? if not, why
+    load(model, max_context, n_seq=1) -> Session
+
+and a Session with:
+
+    prefill(tokens, start_pos=0, seq=0, all_logits=True) -> float32 (n or 1, vocab)
+    decode(tokens) -> float32 (n_seq, vocab)   # one token per sequence, at its next position
+    logits -> float32 (vocab,)                 # last logits of sequence 0
+    reset(seq=None)                            # forget one sequence (or all)
+    trace: dict[(layer, op), array] | None     # optional: per-layer outputs of the last call,
+                                               # ops as in g4c.reference.TRACE_OPS, when
+                                               # load(..., trace=True) was accepted
+
+`prefill` at start_pos continues the sequence's cached positions below start_pos; an
+empty cache and start_pos = 100000 places a fresh prompt far out (long-position RoPE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import G4CError, InputError
+from .model import Model
+
+ENTRY_POINT_GROUP = "gemma4_conformance.runtimes"
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+class Session(Protocol):
+    n_seq: int
+    max_context: int
+    trace: dict | None
+
+    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray: ...
+
+    def decode(self, tokens: Sequence[int]) -> np.ndarray: ...
+
+    @property
+    def logits(self) -> np.ndarray: ...
+
+    def reset(self, seq: int | None = None) -> None: ...
+
+
+class Runtime(Protocol):
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> Session: ...
+
+
+def discover() -> dict[str, Runtime]:
+    """Every registered runtime by name. A plugin that fails to import is reported, not hidden."""
+    found: dict[str, Runtime] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = ep.load()()
+        except Exception as e:  # an outside plugin's import error must not break the suite
+            found[ep.name] = _Broken(ep.name, f"entry point {ep.value} failed to load: {type(e).__name__}: {e}")
+    return dict(sorted(found.items()))
+
+
+def get(name: str) -> Runtime:
+    runtimes = discover()
+    if name not in runtimes:
+        raise G4CError(f"unknown runtime {name!r} (registered: {', '.join(runtimes) or 'none'})")
+    return runtimes[name]
+
+
+class _Broken:
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+    def availability(self) -> Availability:
+        return Availability(False, self.reason)
+
+    def load(self, *a, **k):
+        raise G4CError(f"runtime {self.name}: {self.reason}")
+
+
+def check_tokens(tokens: Sequence[int], n_vocab: int) -> np.ndarray:
+    """Validate token ids for any runtime: empty input and out-of-range ids are input errors."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError("empty prompt: at least one token is needed")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"token ids must be integers, got {arr.dtype}")
+    bad = (arr < 0) | (arr >= n_vocab)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"token id {int(arr[i])} at index {i} is out of range [0, {n_vocab})")
+    return arr.astype(np.int64)

@@ -1,0 +1,276 @@
+"""CPU runtime: numpy float32, KV cache, batched prefill and decode, every weight type.
+
+Weights stay memory-mapped and quantized. A model whose matrices fit the dequantization
+budget (G4C_CPU_DEQUANT_BUDGET_MB, default 2048) is dequantized once at load; a larger one
+(the real 12B) is dequantized on the fly in row chunks of at most CHUNK_BYTES, so at most
+one matrix's chunks are live at a time and 7 GB of Q4_0 runs in a few GiB of RAM.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+
+from g4c import quants
+from g4c.config import LayerSpec
+from g4c.errors import InputError
+from g4c.model import Model, Weight
+from g4c.runtime import Availability, check_tokens
+
+from . import ops
+
+F32 = np.float32
+CHUNK_BYTES = 64 << 20
+MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+
+
+class CpuRuntime:
+    name = "cpu"
+
+    def availability(self) -> Availability:
+        return Availability(True)
+
+    def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "CpuSession":
+        return CpuSession(model, max_context, n_seq, trace)
+
+    # op-level entry points, for the conformance suite's weight-type cases
+    @staticmethod
+    def dequantize(raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
+        return quants.dequantize(raw, qtype, n_cols)
+
+    @staticmethod
+    def matvec(raw: np.ndarray, qtype, n_cols: int, x: np.ndarray) -> np.ndarray:
+        return x.astype(F32) @ quants.dequantize(raw, qtype, n_cols).T
+
+
+class _Matrix:
+    """y = x @ W^T for a GGUF weight, dequantized once or chunk by chunk."""
+
+    def __init__(self, w: Weight, keep: bool, pool: ThreadPoolExecutor):
+        self.w, self.pool = w, pool
+        self.dense = w.dequantize() if keep else None
+        self.chunk = max(1, CHUNK_BYTES // (4 * w.n_cols))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.dense is not None:
+            return x @ self.dense.T
+        out = np.empty((x.shape[0], self.w.n_rows), F32)
+
+        def part(a: int) -> None:
+            b = min(a + self.chunk, self.w.n_rows)
+            out[:, a:b] = x @ self.w.rows(a, b).T
+
+        list(self.pool.map(part, range(0, self.w.n_rows, self.chunk)))
+        return out
+
+
+class _Ring:
+    """Sliding-layer cache: W slots, slot = position mod W."""
+
+    def __init__(self, size: int, n_kv: int, d: int):
+        self.k = np.zeros((size, n_kv, d), F32)
+        self.v = np.zeros((size, n_kv, d), F32)
+        self.pos = np.full(size, -1, np.int64)
+
+    def past(self, before: int):
+        idx = np.flatnonzero((self.pos >= 0) & (self.pos < before))
+        idx = idx[np.argsort(self.pos[idx])]
+        return self.k[idx], self.v[idx], self.pos[idx]
+
+    def truncate(self, start: int) -> None:
+        self.pos[self.pos >= start] = -1
+
+    def write(self, k, v, pos) -> None:
+        n = len(self.pos)
+        k, v, pos = k[-n:], v[-n:], pos[-n:]  # only the last W positions survive a long batch
+        slots = pos % n
+        self.k[slots], self.v[slots], self.pos[slots] = k, v, pos
+
+
+class _Growing:
+    """Full-layer cache: positions appended in order, storage grown by doubling."""
+
+    def __init__(self, n_kv: int, d: int):
+        self.k = np.zeros((16, n_kv, d), F32)
+        self.v = np.zeros((16, n_kv, d), F32)
+        self.pos = np.zeros(16, np.int64)
+        self.n = 0
+
+    def past(self, before: int):
+        m = int(np.searchsorted(self.pos[: self.n], before))
+        return self.k[:m], self.v[:m], self.pos[:m]
+
+    def truncate(self, start: int) -> None:
+        self.n = int(np.searchsorted(self.pos[: self.n], start))
+
+    def write(self, k, v, pos) -> None:
+        need = self.n + len(pos)
+        if need > len(self.pos):
+            cap = max(need, 2 * len(self.pos))
+            for name in ("k", "v", "pos"):
+                old = getattr(self, name)
+                new = np.zeros((cap,) + old.shape[1:], old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        self.k[self.n : need], self.v[self.n : need], self.pos[self.n : need] = k, v, pos
+        self.n = need
+
+
+class CpuSession:
+    def __init__(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
+        c = model.config
+        if not 0 < max_context <= c.n_ctx_train:
+            raise InputError(f"max_context {max_context} must be in 1..{c.n_ctx_train} (context_length of {model.path})")
+        if n_seq < 1:
+            raise InputError(f"n_seq must be at least 1, got {n_seq}")
+        self.model, self.cfg = model, c
+        self.max_context, self.n_seq = max_context, n_seq
+        self.n_vocab = model.n_vocab
+        self.trace: dict | None = {} if trace else None
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        budget = int(os.environ.get("G4C_CPU_DEQUANT_BUDGET_MB", "2048")) << 20
+        names = [f"blk.{s.index}.{m}.weight" for s in c.layers for m in MATRICES if model.has(f"blk.{s.index}.{m}.weight")]
+        dense_bytes = sum(4 * model.weight(n).n_rows * model.weight(n).n_cols for n in names)
+        keep = dense_bytes <= budget
+        self.mat = {n: _Matrix(model.weight(n), keep, self._pool) for n in names}
+        self.norm = {
+            f"blk.{s.index}.{n}.weight": model.layer_weight(s.index, n).vector() for s in c.layers for n in NORMS
+        }
+        self.out_scale = {
+            s.index: F32(model.layer_weight(s.index, "layer_output_scale").vector()[0]) for s in c.layers if s.has_output_scale
+        }
+        self.output_norm = model.weight("output_norm.weight").vector()
+        self.embd = model.weight("token_embd.weight")
+        out_w = model.output_weight
+        self.head = _Matrix(out_w, keep and 4 * out_w.n_rows * out_w.n_cols <= budget, self._pool)
+        self.rope_freqs = model.rope_freqs
+        self._last = np.zeros((n_seq, self.n_vocab), F32)
+        self.reset()
+
+    # -- public interface ----------------------------------------------------------------
+    @property
+    def logits(self) -> np.ndarray:
+        return self._last[0]
+
+    def reset(self, seq: int | None = None) -> None:
+        seqs = range(self.n_seq) if seq is None else [self._check_seq(seq)]
+        if seq is None:
+            self.caches = [None] * self.n_seq
+            self.next_pos = [0] * self.n_seq
+        for s in seqs:
+            self.caches[s] = [
+                _Ring(min(self.cfg.window, self.max_context), l.n_head_kv, l.head_dim) if l.sliding else _Growing(l.n_head_kv, l.head_dim)
+                for l in self.cfg.layers
+            ]
+            self.next_pos[s] = 0
+
+    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
+        toks = check_tokens(tokens, self.n_vocab)
+        self._check_seq(seq)
+        if start_pos < 0 or start_pos + len(toks) > self.max_context:
+            raise InputError(
+                f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}"
+            )
+        for cache in self.caches[seq]:
+            cache.truncate(start_pos)
+        pos = start_pos + np.arange(len(toks))
+        logits = self._forward(toks, np.full(len(toks), seq), pos, all_logits)
+        self.next_pos[seq] = start_pos + len(toks)
+        self._last[seq] = logits[-1]
+        return logits
+
+    def decode(self, tokens: Sequence[int]) -> np.ndarray:
+        toks = check_tokens(tokens, self.n_vocab)
+        if len(toks) != self.n_seq:
+            raise InputError(f"decode takes one token per sequence: got {len(toks)}, n_seq is {self.n_seq}")
+        pos = np.array(self.next_pos)
+        if (pos >= self.max_context).any():
+            raise InputError(f"context full: position {int(pos.max())} is past max_context {self.max_context}")
+        logits = self._forward(toks, np.arange(self.n_seq), pos, True)
+        self.next_pos = [p + 1 for p in self.next_pos]
+        self._last[:] = logits
+        return logits
+
+    # -- forward -------------------------------------------------------------------------
+    def _check_seq(self, seq: int) -> int:
+        if not 0 <= seq < self.n_seq:
+            raise InputError(f"sequence {seq} out of range: the session holds {self.n_seq}")
+        return seq
+
+    def _matrix(self, name: str) -> _Matrix:
+        m = self.mat.get(name)
+        if m is None:
+            self.model.weight(name)  # raises the error naming the missing tensor
+        return m
+
+    def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
+        c = self.cfg
+        x = self.embd.take(toks) * F32(c.embd_scale)
+        if self.trace is not None:
+            self.trace.clear()
+        for spec in c.layers:
+            x = self._layer(spec, x, seqs, pos)
+        if not all_logits:
+            x = x[-1:]
+        h = ops.rms_norm(x, self.output_norm, c.eps)
+        return ops.softcap(self.head(h), c.final_softcap)
+
+    def _layer(self, s: LayerSpec, x: np.ndarray, seqs: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        c, i, n = self.cfg, s.index, len(pos)
+        H, Hkv, d = c.n_head, s.n_head_kv, s.head_dim
+        w = lambda name: self._matrix(f"blk.{i}.{name}.weight")  # noqa: E731
+        norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
+        h = ops.rms_norm(x, norm("attn_norm"), c.eps)
+        q = w("attn_q")(h).reshape(n, H, d)
+        k_raw = w("attn_k")(h).reshape(n, Hkv, d)
+        v_name = ops.value_tensor(s)
+        v_raw = w(v_name)(h).reshape(n, Hkv, d) if v_name else None
+        q = ops.rms_norm(q, norm("attn_q_norm"), c.eps)
+        k = ops.rms_norm(k_raw, norm("attn_k_norm"), c.eps)
+        ang = ops.rope_angles(s, pos, self.rope_freqs)
+        q, k = ops.rope(q, ang, s.n_rot), ops.rope(k, ang, s.n_rot)
+        v = ops.value(v_raw, k_raw, k)
+        if c.v_norm:
+            v = ops.rms_norm(v, None, c.eps)
+        a = np.empty((n, H, d), F32)
+        for seq in np.unique(seqs):
+            rows = np.flatnonzero(seqs == seq)
+            a[rows] = self._attend(s, int(seq), q[rows], k[rows], v[rows], pos[rows])
+        attn_out = ops.rms_norm(w("attn_output")(a.reshape(n, H * d)), norm("post_attention_norm"), c.eps)
+        x = x + attn_out
+        h = ops.rms_norm(x, norm("ffn_norm"), c.eps)
+        ffn = w("ffn_down")(ops.gelu_tanh(w("ffn_gate")(h)) * w("ffn_up")(h))
+        ffn_out = ops.rms_norm(ffn, norm("post_ffw_norm"), c.eps)
+        x = x + ffn_out
+        if s.has_output_scale:
+            x = x * self.out_scale[i]
+        if self.trace is not None:
+            self.trace[(i, "attn_out")], self.trace[(i, "ffn_out")], self.trace[(i, "layer_out")] = attn_out, ffn_out, x
+        return x
+
+    def _attend(self, s: LayerSpec, seq: int, q, k_new, v_new, pos) -> np.ndarray:
+        """Attention of rows of one sequence over its cache plus the new rows, then cache write.
+
+        The new keys are attended before they are written, so a batch longer than W never
+        evicts keys that its own earlier rows still need.
+        """
+        cache = self.caches[seq][s.index]
+        k_past, v_past, p_past = cache.past(int(pos[0]))
+        keys = np.concatenate([k_past, k_new])
+        vals = np.concatenate([v_past, v_new])
+        kpos = np.concatenate([p_past, pos])
+        m, H, d = q.shape
+        Hkv = s.n_head_kv
+        g = H // Hkv  # query head h uses KV head h // g
+        qg = q.reshape(m, Hkv, g, d).transpose(1, 2, 0, 3).reshape(Hkv, g * m, d)
+        scores = (qg @ keys.transpose(1, 2, 0)) * F32(ops.attention_scale(self.cfg, s))  # (Hkv, g*m, n_k)
+        mask = ops.visible(pos, kpos, s, self.cfg.window)  # (m, n_k)
+        scores = np.where(np.tile(mask, (g, 1))[None], scores, F32(-np.inf))
+        out = ops.softmax(scores) @ vals.transpose(1, 0, 2)  # (Hkv, g*m, d)
+        cache.write(k_new, v_new, pos)
+        return out.reshape(Hkv, g, m, d).transpose(2, 0, 1, 3).reshape(m, H, d)
+
