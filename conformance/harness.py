@@ -64,9 +64,9 @@ def check_logits(runtime, tol, model, tokens, metric, start=0, what="logits", ma
 
     ref, ref_trace = reference_logits(model, tuple(tokens), start, trace=True)
     got, got_trace = run_prefill(runtime, model, tokens, start, trace=True)
-    limit = tol.logit_max_abs(model.config) if max_abs is None else max_abs
+    limit = tol.logit_max_abs(model.config, ref) if max_abs is None else max_abs
     rep = assert_logits_close(got, ref, tol, limit, start + np.arange(len(tokens)),
-                              got_trace=got_trace, ref_trace=ref_trace, what=what)
+                              got_trace=got_trace, ref_trace=ref_trace, hidden_nmse=tol.hidden_nmse(model.config), what=what)
     metric("max_abs_dlogit", rep.max_abs)
     metric("nmse", rep.nmse)
     metric("mean_kl", rep.mean_kl)

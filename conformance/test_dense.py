@@ -37,7 +37,7 @@ def test_dense_decode_matches_reference(runtime, tol, metric):
     rows = [np.asarray(sess.prefill(list(toks[:8])))[-1]]
     for t in toks[8:-1]:
         rows.append(np.asarray(sess.decode([t]))[0])
-    rep = assert_logits_close(np.array(rows), ref[7:-1], tol, tol.logit_max_abs(model.config), np.arange(7, 47),
+    rep = assert_logits_close(np.array(rows), ref[7:-1], tol, tol.logit_max_abs(model.config, ref), np.arange(7, 47),
                               what="decode logits")
     metric("max_abs_dlogit", rep.max_abs)
     metric("mean_kl", rep.mean_kl)

@@ -35,7 +35,7 @@ def test_greedy_parity(runtime, tol, metric, preset, qtype):
     ref = reference_logits(model, full)[len(gold["prompt"]) - 1:]
     sess = runtime.load(model, len(full), 1)
     tf = np.asarray(sess.prefill(list(full)))[len(gold["prompt"]) - 1:]
-    rep = assert_logits_close(tf, ref, tol, tol.logit_max_abs(model.config),
+    rep = assert_logits_close(tf, ref, tol, tol.logit_max_abs(model.config, ref),
                               np.arange(len(gold["prompt"]) - 1, len(full)), what="teacher-forced logits")
     metric("tf_max_abs_dlogit", rep.max_abs)
     metric("tf_mean_kl", rep.mean_kl)

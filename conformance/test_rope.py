@@ -8,10 +8,12 @@ beside the runtime's own deviation. Ignoring rope_freqs, or applying it to slidi
 moves angles by whole radians already at 4096 (tests/test_faults.py).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from g4c.compare import assert_logits_close
+from g4c.compare import assert_logits_close, nmse
 from g4c.tolerance import long_position_allowance
 
 from .harness import load_model, prompt, reference_logits, run_prefill
@@ -26,13 +28,17 @@ def test_rope_long_position(runtime, tol, metric, preset, last):
     model = load_model(preset)
     toks = prompt(N, model.n_vocab, seed=5)
     start = last - N + 1
-    ref = reference_logits(model, toks, start)
-    drift = long_position_allowance(ref, [reference_logits(model, toks, start, "f32"),
-                                          reference_logits(model, toks, start, "f32_cumulative")])
-    base = tol.logit_max_abs(model.config)
-    got, _ = run_prefill(runtime, model, toks, start)
-    rep = assert_logits_close(got, ref, _loosened(tol, ref, base + drift), base + drift,
-                              np.arange(start, last + 1), what=f"logits at positions {start}..{last}")
+    ref, ref_trace = reference_logits(model, toks, start, trace=True)
+    f32_refs = [reference_logits(model, toks, start, mode, trace=True) for mode in ("f32", "f32_cumulative")]
+    drift = long_position_allowance(ref, [r[0] for r in f32_refs])
+    # the same allowance per traced layer: 4x in NMSE is 2x in rms, as for the logits
+    limits = tol.hidden_nmse(model.config)
+    hidden = {key: limits[key] + 4 * max(nmse(r[1][key], ref_trace[key]) for r in f32_refs) for key in ref_trace}
+    base = tol.logit_max_abs(model.config, ref)
+    got, got_trace = run_prefill(runtime, model, toks, start, trace=True)
+    rep = assert_logits_close(got, ref, _loosened(tol, ref, base + drift), base + drift, np.arange(start, last + 1),
+                              got_trace=got_trace, ref_trace=ref_trace, hidden_nmse=hidden,
+                              what=f"logits at positions {start}..{last}")
     metric("max_abs_dlogit", rep.max_abs)
     metric("f32_angle_allowance", drift)
     metric("nmse", rep.nmse)
@@ -41,8 +47,6 @@ def test_rope_long_position(runtime, tol, metric, preset, last):
 def _loosened(tol, ref, max_abs):
     """NMSE limit raised to what max_abs allows on these logits (angle rounding is not noise
     spread evenly over positions, so max_abs is the governing bound here)."""
-    import dataclasses
-
     rms2 = float(np.mean(np.square(ref)))
     return dataclasses.replace(tol, logit_nmse=max(tol.logit_nmse, max_abs**2 / rms2))
 
@@ -55,6 +59,6 @@ def test_rope_start_position_continuity(runtime, tol, metric):
     sess = runtime.load(model, 1024, 1)
     sess.prefill(list(toks[:12]), 0)
     tail = np.asarray(sess.prefill(list(toks[12:]), 12))
-    rep = assert_logits_close(tail, whole[12:], tol, tol.logit_max_abs(model.config), np.arange(12, 20),
+    rep = assert_logits_close(tail, whole[12:], tol, tol.logit_max_abs(model.config, whole), np.arange(12, 20),
                               what="continued prefill")
     metric("max_abs_dlogit", rep.max_abs)
