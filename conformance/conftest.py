@@ -30,6 +30,7 @@ def pytest_addoption(parser):
     g.addoption("--runtime", action="append", default=[], help="runtime to test (repeatable); default: all registered")
     g.addoption("--fault", default=None, help="inject a deliberate bug into the cpu runtime (see conformance/faults.py)")
     g.addoption("--results-json", default=None, help="write outcomes and metrics per test to this file")
+    g.addoption("--model", default=None, help="a user's GGUF (e.g. the real 12B) to check against the reference too")
 
 
 def pytest_configure(config):
@@ -77,6 +78,16 @@ def runtime(request):
     if not av.ok:
         pytest.skip(f"runtime {request.param} unavailable: {av.reason}")
     return rt
+
+
+@pytest.fixture(scope="session")
+def user_model(request):
+    path = request.config.getoption("--model")
+    if not path:
+        pytest.skip("no --model given: the user-model checks run on a GGUF you point the suite at")
+    from g4c.model import Model
+
+    return Model(path)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from .model import Model
 from .rope import apply_neox, rope_angles
 
 TRACE_OPS = ("attn_out", "ffn_out", "layer_out")  # keys of a trace, per layer, in order
+CACHE_BYTES = 2 << 30  # float64 weights kept between calls up to this size
+CHUNK_BYTES = 256 << 20
 
 
 def rms(x: np.ndarray, w: np.ndarray | float, eps: float) -> np.ndarray:
@@ -41,12 +43,22 @@ class Reference:
         self.cfg = model.config
         self.angles = angles
         self.window = self.cfg.window if window is None else window
-        self._w = lru_cache(maxsize=None)(self._dequant)
+        # small models keep their float64 weights; a 12B is dequantized matrix by matrix
+        n_params = sum(w.n_rows * w.n_cols for w in model.weights())
+        self._w = lru_cache(maxsize=None)(self._dequant) if 8 * n_params <= CACHE_BYTES else self._dequant
 
-    def _dequant(self, name: str) -> np.ndarray:
+    def _dequant(self, name: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         w = self.model.weight(name)
-        out = gguf_quants.dequantize(w.raw, w.qtype).astype(np.float64)
-        return out.reshape(w.n_rows, w.n_cols) if len(w.shape) > 1 else out.reshape(-1)
+        raw = w.raw[rows]
+        out = gguf_quants.dequantize(raw, w.qtype).astype(np.float64)
+        return out.reshape(len(raw), w.n_cols) if len(w.shape) > 1 else out.reshape(-1)
+
+    def _head(self, h: np.ndarray) -> np.ndarray:
+        """h @ W_out^T in row chunks: a 262144 x 3840 head is 8 GB in float64."""
+        name = "token_embd.weight" if self.cfg.tied_output else "output.weight"
+        w = self.model.weight(name)
+        step = max(1, CHUNK_BYTES // (8 * w.n_cols))
+        return np.concatenate([h @ self._dequant(name, slice(a, a + step)).T for a in range(0, w.n_rows, step)], axis=1)
 
     def w(self, layer: int, name: str) -> np.ndarray:
         return self._w(f"blk.{layer}.{name}.weight")
@@ -56,11 +68,10 @@ class Reference:
         c = self.cfg
         tokens = np.asarray(tokens, np.int64)
         pos = start + np.arange(len(tokens))
-        x = self._w("token_embd.weight")[tokens] * c.embd_scale
+        x = self._dequant("token_embd.weight", tokens) * c.embd_scale
         for s in c.layers:
             x = self.layer(s, x, pos, trace)
-        out_w = self._w("token_embd.weight" if c.tied_output else "output.weight")
-        logits = rms(x, self._w("output_norm.weight"), c.eps) @ out_w.T
+        logits = self._head(rms(x, self._w("output_norm.weight"), c.eps))
         if c.final_softcap is not None:
             logits = c.final_softcap * np.tanh(logits / c.final_softcap)
         return logits

@@ -1,0 +1,189 @@
+"""g4c: the suite's command line.
+
+    g4c run [--runtime R] [--model FILE]     conformance of the available runtimes
+    g4c header MODEL.gguf                    the Phase 0 markdown header dump
+    g4c generate MODEL.gguf --tokens 2,818   greedy tokens from a runtime
+    g4c fixture PRESET [--type T]            write a synthetic Gemma 4 GGUF (12b: ~7 GB)
+    g4c runtimes                             registered runtimes and whether their device is present
+
+Errors of the suite's own hierarchy print as one line naming the file, key or tensor,
+with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import G4CError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="g4c", description="Gemma 4 conformance and benchmark suite")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the conformance suite on the available runtimes")
+    p.add_argument("--runtime", action="append", default=[], help="runtime to test (repeatable; default: all available)")
+    p.add_argument("--model", help="also check this GGUF (e.g. the real 12B) against the reference")
+    p.add_argument("--json", default="conformance-results.json", help="results file (default: %(default)s)")
+    p.add_argument("--fault", help="inject a deliberate bug into the cpu runtime, to see the suite catch it")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+    p = sub.add_parser("header", help="print the markdown header dump of a GGUF")
+    p.add_argument("model")
+
+    p = sub.add_parser("generate", help="greedy generation from token ids")
+    p.add_argument("model")
+    p.add_argument("--tokens", required=True, help="comma-separated prompt token ids")
+    p.add_argument("-n", type=int, default=32, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--runtime", default="cpu")
+    p.add_argument("--max-context", type=int, default=4096)
+
+    p = sub.add_parser("fixture", help="write a synthetic Gemma 4 GGUF")
+    p.add_argument("preset")
+    p.add_argument("--type", default=None, help="weight type of the matrices (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output path (default: the fixture cache; the path is printed)")
+
+    sub.add_parser("runtimes", help="list registered runtimes")
+
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except G4CError as e:
+        print(f"g4c {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"g4c {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_header(args) -> int:
+    from .header import render
+    from .model import Model
+
+    sys.stdout.write(render(Model(args.model)))
+    return 0
+
+
+def cmd_runtimes(args) -> int:
+    from .runtime import discover
+
+    for name, rt in discover().items():
+        av = rt.availability()
+        print(f"{name:12s} {'available' if av.ok else 'unavailable: ' + av.reason}")
+    return 0
+
+
+def cmd_fixture(args) -> int:
+    import fixtures
+    from fixtures import generate
+
+    if args.out:
+        p, qt = generate.resolve(args.preset, args.type)
+        out = Path(args.out)
+        generate.write(out, p, qt, args.seed, progress=True)
+    else:
+        out = fixtures.ensure(args.preset, args.type, args.seed, progress=True)
+    print(out)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    from .model import Model
+    from .reference import argmax_allowed
+    from .runtime import get
+
+    model = Model(args.model)
+    try:
+        prompt = [int(t) for t in args.tokens.split(",") if t.strip()]
+    except ValueError:
+        raise G4CError(f"--tokens must be comma-separated integers, got {args.tokens!r}") from None
+    rt = get(args.runtime)
+    av = rt.availability()
+    if not av.ok:
+        raise G4CError(f"runtime {args.runtime} unavailable: {av.reason}")
+    sess = rt.load(model, min(args.max_context, model.config.n_ctx_train), 1)
+    t0 = time.perf_counter()
+    sess.prefill(prompt)
+    t1 = time.perf_counter()
+    out: list[int] = []
+    pieces = _vocab(model)
+    for i in range(args.n):
+        tok = argmax_allowed(np.asarray(sess.logits, np.float64), model.config.suppress_tokens)
+        out.append(tok)
+        if tok in model.config.eos_ids or i == args.n - 1:
+            break
+        sess.decode([tok])
+    t2 = time.perf_counter()
+    print("tokens:", ",".join(map(str, out)))
+    if pieces:
+        print("pieces:", "".join(pieces[t] if t < len(pieces) else f"<{t}>" for t in out).replace("▁", " "))
+    print(f"prefill {len(prompt)} tokens {t1 - t0:.2f} s; decode {len(out) - 1} tokens {t2 - t1:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _vocab(model) -> list[str] | None:
+    mv = model.metadata.get("tokenizer.ggml.tokens")
+    return mv.value if mv is not None else None
+
+
+def cmd_run(args) -> int:
+    import pytest
+
+    import conformance
+
+    from .runtime import discover
+
+    found = discover()
+    asked = args.runtime or [n for n, rt in found.items() if rt.availability().ok]
+    for name, rt in found.items():
+        av = rt.availability()
+        if name not in asked:
+            print(f"runtime {name}: skipped ({'not asked for' if av.ok else av.reason})")
+    if not asked:
+        raise G4CError("no runtime is available")
+    suite = os.path.dirname(conformance.__file__)
+    pyargs = [suite, "-q", "-p", "no:cacheprovider", "--results-json", args.json]
+    for name in asked:
+        pyargs += ["--runtime", name]
+    if args.model:
+        pyargs += ["--model", args.model]
+    if args.fault:
+        pyargs += ["--fault", args.fault]
+    code = pytest.main(pyargs + list(args.pytest_args))
+    if os.path.exists(args.json):
+        _print_summary(args.json)
+    return int(code)
+
+
+def _print_summary(path: str) -> None:
+    with open(path) as f:
+        doc = json.load(f)
+    by_rt: dict[str, dict[str, int]] = {}
+    for nodeid, r in doc["tests"].items():
+        rt = nodeid.split("[", 1)[1].split("-", 1)[0].rstrip("]") if "[" in nodeid else "-"
+        if rt not in doc["runtimes"]:
+            rt = "-"
+        by_rt.setdefault(rt, {}).setdefault(r["outcome"], 0)
+        by_rt[rt][r["outcome"]] += 1
+    print()
+    print(f"| runtime | passed | failed | not supported | skipped |")
+    print(f"|---|---|---|---|---|")
+    for rt, c in sorted(by_rt.items()):
+        label = "(model layer)" if rt == "-" else rt
+        print(f"| {label} | {c.get('passed', 0)} | {c.get('failed', 0)} | {c.get('not_supported', 0)} | {c.get('skipped', 0)} |")
+    print(f"\nresults: {path}")
+
+
+COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "fixture": cmd_fixture, "runtimes": cmd_runtimes}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""nox sessions: `nox -s tests` (the whole test suite), `nox -s conformance-cpu` (that
+runtime's conformance, writing reports/data/conformance-cpu.json for reports).
+
+Each runtime gets its own session, registered in a loop with name= so that the names read
+conformance-<runtime> (nox's parametrize would name them conformance(cpu)). Sessions for
+other runtimes arrive with their runtimes.
+"""
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+RUNTIMES = ["cpu"]
+
+
+@nox.session
+def tests(session):
+    """The whole test suite: unit tests, fault injection, and conformance of every runtime."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "tests", "conformance", *session.posargs)
+
+
+def _conformance(runtime):
+    def run(session):
+        session.install("-e", ".[dev]")
+        session.run("python", "-m", "pytest", "conformance", "--runtime", runtime,
+                    "--results-json", f"reports/data/conformance-{runtime}.json", *session.posargs)
+
+    run.__doc__ = f"Conformance of the {runtime} runtime; fails if it is unavailable or nothing passed."
+    return run
+
+
+for _rt in RUNTIMES:
+    nox.session(name=f"conformance-{_rt}")(_conformance(_rt))

@@ -1,0 +1,59 @@
+"""The g4c command line, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import fixtures
+
+
+def g4c(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "g4c.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_header_tiny():
+    r = g4c("header", fixtures.ensure("tiny"))
+    assert r.returncode == 0, r.stderr
+    assert "full layers at: 5, 7" in r.stdout and "| `gemma4.attention.sliding_window` | UINT32 | 32 |" in r.stdout
+
+
+def test_header_committed_dumps_current():
+    """fixtures/headers/*.md for the small presets match what g4c header prints today."""
+    for preset in ("tiny", "window", "schema"):
+        r = g4c("header", fixtures.ensure(preset))
+        with open(f"{fixtures.__path__[0]}/headers/{preset}.md") as f:
+            assert r.stdout == f.read(), f"fixtures/headers/{preset}.md is stale: regenerate with g4c header"
+
+
+def test_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 7)
+    for args in (("header", tmp_path / "missing.gguf"), ("header", bad), ("fixture", "huge")):
+        r = g4c(*args)
+        assert r.returncode == 2, r
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"g4c {args[0]}: error:")
+
+
+def test_generate_greedy_matches_golden():
+    from fixtures import golden
+
+    gold = golden.load("tiny", "F32")
+    r = g4c("generate", fixtures.ensure("tiny"), "--tokens", ",".join(map(str, gold["prompt"])), "-n", 12)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("tokens:"))
+    assert [int(t) for t in line.split(":")[1].split(",")] == gold["greedy"][:12]
+
+
+def test_run_with_fault_fails_and_reports(tmp_path):
+    out = tmp_path / "r.json"
+    r = g4c("run", "--runtime", "cpu", "--fault", "no-softcap", "--json", out, "--", "-k", "test_dense_logits")
+    assert r.returncode == 1, r.stdout[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["fault"] == "no-softcap" and doc["counts"]["failed"] >= 1
+    assert "| cpu | 0 | 4 |" in r.stdout
+
+
+def test_runtimes_lists_cpu():
+    r = g4c("runtimes")
+    assert r.returncode == 0 and "cpu" in r.stdout and "available" in r.stdout

@@ -1,0 +1,109 @@
+"""The model layer: config derived as the spec says, and every bad file refused with one
+clear error naming the key or tensor."""
+
+import numpy as np
+import pytest
+from gguf import GGUFValueType as VT
+
+import fixtures
+from fixtures.edit import rewrite
+from g4c.errors import GGUFFormatError, UnsupportedModelError, UnsupportedQuantError
+from g4c.model import Model
+
+
+@pytest.fixture(scope="module")
+def tiny_path():
+    return fixtures.ensure("tiny")
+
+
+def test_tiny_config(tiny_path):
+    c = Model(tiny_path).config
+    assert c.full_layers == (5, 7)  # every sixth layer, and the last
+    assert [s.n_head_kv for s in c.layers] == [2, 2, 2, 2, 2, 1, 2, 1]
+    assert [s.has_v for s in c.layers] == [True] * 5 + [False, True, False]
+    assert c.layers[0].rope_base == 1e4 and c.layers[5].rope_base == 1e6
+    assert c.embd_scale == np.float32(16.0)
+    assert c.eos_ids == (1,) and c.bos_id == 2
+
+
+def test_weights_stay_memory_mapped(tiny_path):
+    w = Model(tiny_path).weight("blk.0.attn_q.weight")
+    assert isinstance(w.raw.base, np.memmap) or isinstance(w.raw, np.memmap) or w.raw.base is not None
+    assert not w.raw.flags.owndata
+
+
+def test_gemma4_unified_accepted(tiny_path, tmp_path):
+    m = Model(rewrite(tiny_path, tmp_path / "u.gguf", arch="gemma4_unified"))
+    assert m.config.arch == "gemma4_unified" and m.config.n_layer == 8
+
+
+def test_gemma3_config(tmp_path):
+    """A gemma3 file: one head dim, pattern fixed 5:1, local base 10000, 1/sqrt(d) scale."""
+    same_dims = fixtures.ensure("tiny", head_dim_swa=128)
+    m = Model(rewrite(same_dims, tmp_path / "g3.gguf", arch="gemma3"))
+    c = m.config
+    assert c.family == "gemma3" and c.final_softcap is None and not c.v_norm
+    assert c.attn_scale_full == pytest.approx(1 / np.sqrt(128))
+    assert c.layers[0].rope_base == 10000.0 and not any(s.uses_rope_freqs for s in c.layers)
+
+
+@pytest.mark.parametrize("edit,error,needle", [
+    (dict(arch="llama"), UnsupportedModelError, "general.architecture = 'llama'"),
+    (dict(drop_keys=["gemma4.attention.sliding_window"]), GGUFFormatError, "gemma4.attention.sliding_window is missing"),
+    (dict(set_keys={"gemma4.block_count": ("8", VT.STRING)}), GGUFFormatError, "gemma4.block_count has type STRING"),
+    (dict(set_keys={"gemma4.attention.sliding_window_pattern": ([True] * 7, VT.ARRAY, VT.BOOL)}), GGUFFormatError,
+     "sliding_window_pattern has 7 entries"),
+    (dict(set_keys={"gemma4.embedding_length_per_layer_input": (256, VT.UINT32)}), UnsupportedModelError, "PLE"),
+    (dict(add_tensors={"per_layer_token_embd.weight": np.zeros((4, 256))}), UnsupportedModelError, "per_layer_token_embd"),
+    (dict(drop_tensors=["blk.3.ffn_up.weight"]), GGUFFormatError, "blk.3.ffn_up.weight is missing"),
+    (dict(replace_tensors={"blk.2.attn_q_norm.weight": np.ones(32)}), GGUFFormatError,
+     r"blk.2.attn_q_norm.weight has shape \[32\], expected \[64\]"),
+    (dict(set_keys={"gemma4.attention.shared_kv_layers": (2, VT.UINT32)}), UnsupportedModelError, "shared_kv_layers"),
+])
+def test_bad_file_named(tiny_path, tmp_path, edit, error, needle):
+    bad = rewrite(tiny_path, tmp_path / "bad.gguf", **edit)
+    with pytest.raises(error, match=needle):
+        Model(bad)
+
+
+def test_rope_freqs_must_be_f32(tiny_path, tmp_path):
+    from gguf import GGMLQuantizationType as QT
+
+    with np.errstate(over="ignore"):  # 1e30 overflowing f16 is the point
+        rf = Model(tiny_path).rope_freqs.astype(np.float16).view(np.uint8).reshape(1, -1)
+    bad = rewrite(tiny_path, tmp_path / "f16rf.gguf", replace_raw={"rope_freqs.weight": (rf, QT.F16)})
+    with pytest.raises(GGUFFormatError, match="rope_freqs.weight must be F32"):
+        Model(bad)
+
+
+def test_unsupported_quant_named_at_load(tiny_path, tmp_path):
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+
+    from runtimes.cpu import CpuRuntime
+
+    q = gguf.quants.quantize(Model(tiny_path).weight("blk.0.attn_q.weight").dequantize(), QT.Q4_1)
+    m = Model(rewrite(tiny_path, tmp_path / "q41.gguf", replace_raw={"blk.0.attn_q.weight": (q, QT.Q4_1)}))
+    with pytest.raises(UnsupportedQuantError, match="blk.0.attn_q.weight: GGML type Q4_1 is not supported"):
+        CpuRuntime().load(m, 64)
+
+
+@pytest.mark.parametrize("cut", [10, 1000, -100])
+def test_truncated_file(tiny_path, tmp_path, cut):
+    data = tiny_path.read_bytes()
+    bad = tmp_path / "trunc.gguf"
+    bad.write_bytes(data[:cut] if cut > 0 else data[:cut])
+    with pytest.raises(GGUFFormatError, match="trunc.gguf"):
+        Model(bad)
+
+
+def test_not_a_gguf(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"not a gguf at all" * 10)
+    with pytest.raises(GGUFFormatError, match="x.gguf: not a readable GGUF"):
+        Model(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GGUFFormatError, match="no such file"):
+        Model(tmp_path / "nope.gguf")
