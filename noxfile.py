@@ -1,10 +1,12 @@
 """nox sessions: `nox -s tests` (the whole test suite), `nox -s conformance-cpu` (that
-runtime's conformance, writing reports/data/conformance-cpu.json for reports).
+runtime's conformance, writing reports/out/conformance-cpu.json for reports).
 
 Each runtime gets its own session, registered in a loop with name= so that the names read
 conformance-<runtime> (nox's parametrize would name them conformance(cpu)). Sessions for
 other runtimes arrive with their runtimes.
 """
+
+import os
 
 import nox
 
@@ -24,8 +26,9 @@ def tests(session):
 def _conformance(runtime):
     def run(session):
         session.install("-e", ".[dev]")
+        os.makedirs("reports/out", exist_ok=True)
         session.run("python", "-m", "pytest", "conformance", "--runtime", runtime,
-                    "--results-json", f"reports/data/conformance-{runtime}.json", *session.posargs)
+                    "--results-json", f"reports/out/conformance-{runtime}.json", *session.posargs)
 
     run.__doc__ = f"Conformance of the {runtime} runtime; fails if it is unavailable or nothing passed."
     return run

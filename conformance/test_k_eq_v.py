@@ -1,7 +1,6 @@
 """k_eq_v full layers: no attn_v tensor, V = the raw K projection then a weightless RMS
 norm (not K after k_norm and RoPE). Compared layer by layer where the runtime traces."""
 
-import numpy as np
 import pytest
 
 from g4c.compare import nmse

@@ -174,8 +174,8 @@ def _print_summary(path: str) -> None:
         by_rt.setdefault(rt, {}).setdefault(r["outcome"], 0)
         by_rt[rt][r["outcome"]] += 1
     print()
-    print(f"| runtime | passed | failed | not supported | skipped |")
-    print(f"|---|---|---|---|---|")
+    print("| runtime | passed | failed | not supported | skipped |")
+    print("|---|---|---|---|---|")
     for rt, c in sorted(by_rt.items()):
         label = "(model layer)" if rt == "-" else rt
         print(f"| {label} | {c.get('passed', 0)} | {c.get('failed', 0)} | {c.get('not_supported', 0)} | {c.get('skipped', 0)} |")

@@ -1,0 +1,1 @@
+"""Reports and measured results (raw JSON under reports/data/)."""
