@@ -2,8 +2,8 @@
 runtime's conformance, writing reports/out/conformance-cpu.json for reports).
 
 Each runtime gets its own session, registered in a loop with name= so that the names read
-conformance-<runtime> (nox's parametrize would name them conformance(cpu)). Sessions for
-other runtimes arrive with their runtimes.
+conformance-<runtime> (nox's parametrize would name them conformance(cpu)). An explicit
+session fails when its runtime is unavailable: conformance-cuda needs an NVIDIA GPU.
 """
 
 import os
@@ -13,7 +13,7 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-RUNTIMES = ["cpu"]
+RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]"}  # runtime -> what its session installs
 
 
 @nox.session
@@ -23,9 +23,9 @@ def tests(session):
     session.run("python", "-m", "pytest", "tests", "conformance", *session.posargs)
 
 
-def _conformance(runtime):
+def _conformance(runtime, extras):
     def run(session):
-        session.install("-e", ".[dev]")
+        session.install("-e", extras)
         os.makedirs("reports/out", exist_ok=True)
         session.run("python", "-m", "pytest", "conformance", "--runtime", runtime,
                     "--results-json", f"reports/out/conformance-{runtime}.json", *session.posargs)
@@ -34,5 +34,5 @@ def _conformance(runtime):
     return run
 
 
-for _rt in RUNTIMES:
-    nox.session(name=f"conformance-{_rt}")(_conformance(_rt))
+for _rt, _extras in RUNTIMES.items():
+    nox.session(name=f"conformance-{_rt}")(_conformance(_rt, _extras))

@@ -25,6 +25,15 @@ def freq_factors(spec: LayerSpec, rope_freqs: np.ndarray | None) -> np.ndarray:
     return np.ones(n)
 
 
+def inv_freq_f32(spec: LayerSpec, rope_freqs: np.ndarray | None) -> np.ndarray:
+    """f32 inverse frequencies over the full n_rot, divided by the freq factors (the "f32"
+    mode's table: a runtime multiplies it by an f32 position)."""
+    j = np.arange(spec.n_rot // 2, dtype=np.float64)
+    ff = freq_factors(spec, rope_freqs).astype(np.float32)
+    inv = (np.float32(spec.rope_base) ** (-2.0 * j / spec.n_rot)).astype(np.float32) / ff
+    return (inv / np.float32(spec.rope_scale)).astype(np.float32)
+
+
 def rope_angles(spec: LayerSpec, positions: np.ndarray, rope_freqs: np.ndarray | None, mode: str = "f64") -> np.ndarray:
     """Angles (n_positions, n_rot/2), float64 holding the values the mode computes."""
     n = spec.n_rot // 2
@@ -34,8 +43,8 @@ def rope_angles(spec: LayerSpec, positions: np.ndarray, rope_freqs: np.ndarray |
     if mode == "f64":
         return pos[:, None] * (spec.rope_base ** (-2.0 * j / spec.n_rot)) / ff
     if mode == "f32":
-        inv = (np.float32(spec.rope_base) ** (-2.0 * j / spec.n_rot)).astype(np.float32) / ff.astype(np.float32)
-        return (pos.astype(np.float32)[:, None] * inv[None, :]).astype(np.float64)
+        inv = inv_freq_f32(spec, rope_freqs)
+        return (np.asarray(positions).astype(np.float32)[:, None] * inv[None, :]).astype(np.float64)
     if mode == "f32_cumulative":
         step = np.float32(np.float32(spec.rope_base) ** np.float32(-2.0 / spec.n_rot))
         theta = np.empty((len(pos), n), np.float32)

@@ -17,8 +17,10 @@ and a Session with:
                                                # ops as in g4c.reference.TRACE_OPS, when
                                                # load(..., trace=True) was accepted
 
-`prefill` at start_pos continues the sequence's cached positions below start_pos; an
-empty cache and start_pos = 100000 places a fresh prompt far out (long-position RoPE).
+`prefill` at start_pos keeps the sequence's cached positions below start_pos when they
+reach up to it (start_pos <= the next position) and forgets the rest; a start_pos past the
+next position begins the sequence afresh there, so start_pos = 100000 on a new session
+places a prompt far out (long-position RoPE).
 """
 
 from __future__ import annotations

@@ -175,6 +175,8 @@ class CpuSession:
             raise InputError(
                 f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}"
             )
+        if start_pos > self.next_pos[seq]:
+            self.reset(seq)  # a gap: the sequence starts afresh at start_pos
         for cache in self.caches[seq]:
             cache.truncate(start_pos)
         pos = start_pos + np.arange(len(toks))

@@ -1,0 +1,358 @@
+"""CUDA runtime: the Gemma 4 forward on CuPy RawModule kernels (kernels/*.cu), float32.
+
+Weights are uploaded once in their quantized form. A call with at most 16 rows (decode,
+batched decode of up to 16 sequences) runs fused dequantize-matvec kernels that read each
+weight row once for all rows; a longer call (prefill) dequantizes each matrix into a
+scratch buffer and multiplies through cuBLAS. The KV cache lives on the device: a ring of
+W slots on sliding layers, a growing buffer on full layers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from g4c.config import LayerSpec
+from g4c.errors import DeviceUnavailableError, InputError
+from g4c.model import Model, Weight
+from g4c.rope import inv_freq_f32
+from g4c.runtime import Availability, check_tokens
+
+KERNEL_DIR = Path(__file__).parent / "kernels"
+KERNEL_FILES = ("matvec.cu", "norm_rope.cu", "attention.cu")
+TYPE_NAMES = {QT.F32: "f32", QT.F16: "f16", QT.BF16: "bf16", QT.Q8_0: "q8_0", QT.Q4_0: "q4_0",
+              QT.Q5_0: "q5_0", QT.Q4_K: "q4_k", QT.Q5_K: "q5_k", QT.Q6_K: "q6_k"}
+MATVEC_NV = (1, 4, 16)  # compiled batch widths of the fused matvec
+MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise DeviceUnavailableError(f"cupy is not installed ({e})") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDA driver absent: CuPy raises its own runtime error types
+        raise DeviceUnavailableError(f"no CUDA device: {type(e).__name__}: {e}") from None
+    if n < 1:
+        raise DeviceUnavailableError("no CUDA device")
+    return cupy
+
+
+class CudaRuntime:
+    name = "cuda"
+
+    def __init__(self):
+        self._kernels = None
+
+    def availability(self) -> Availability:
+        try:
+            _cupy()
+        except DeviceUnavailableError as e:
+            return Availability(False, str(e))
+        return Availability(True)
+
+    def kernels(self):
+        if self._kernels is None:
+            self._kernels = Kernels(_cupy())
+        return self._kernels
+
+    def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "CudaSession":
+        return CudaSession(self.kernels(), model, max_context, n_seq, trace)
+
+    # op-level entry points for the conformance suite's weight-type cases
+    def dequantize(self, raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
+        k = self.kernels()
+        cp = k.cp
+        raw = np.ascontiguousarray(raw)
+        return cp.asnumpy(k.dequant(cp.asarray(raw), QT(qtype), raw.shape[0], n_cols, raw.shape[1]))
+
+    def matvec(self, raw: np.ndarray, qtype, n_cols: int, x: np.ndarray) -> np.ndarray:
+        k = self.kernels()
+        cp = k.cp
+        raw = np.ascontiguousarray(raw)
+        y = k.matvec(cp.asarray(raw), QT(qtype), raw.shape[0], n_cols, raw.shape[1],
+                     cp.asarray(np.atleast_2d(x).astype(np.float32)))
+        return cp.asnumpy(y).reshape(-1)
+
+
+class Kernels:
+    """The compiled module and thin launchers; one instance per process."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        arch = cp.cuda.Device().compute_capability
+        formats = (KERNEL_DIR / "formats.cuh").read_text().replace("#pragma once", "")
+        source = formats + "\n".join((KERNEL_DIR / f).read_text().replace('#include "formats.cuh"', "") for f in KERNEL_FILES)
+        # nvcc where it is installed (the compiler CI tests the sources with), else NVRTC
+        backend = "nvcc" if shutil.which("nvcc") else "nvrtc"
+        self.module = cp.RawModule(code=source, backend=backend, options=("-std=c++17", f"-arch=sm_{arch}"))
+        self._fn = {}
+
+    def fn(self, name: str):
+        f = self._fn.get(name)
+        if f is None:
+            f = self._fn[name] = self.module.get_function(name)
+        return f
+
+    def matvec(self, raw, qtype: QT, n_rows: int, n_cols: int, row_bytes: int, x):
+        """y (n, n_rows) = x (n, n_cols) @ W^T for n <= 16, W read once."""
+        cp = self.cp
+        n = x.shape[0]
+        nv = next(v for v in MATVEC_NV if v >= n)
+        y = cp.empty((n, n_rows), cp.float32)
+        threads = 128
+        blocks = (n_rows * 32 + threads - 1) // threads
+        self.fn(f"matvec_{TYPE_NAMES[qtype]}_nv{nv}")(
+            (blocks,), (threads,), (raw, cp.ascontiguousarray(x), y, np.int32(n_rows), np.int32(n_cols),
+                                    np.int64(row_bytes), np.int32(n)))
+        return y
+
+    def dequant(self, raw, qtype: QT, n_rows: int, n_cols: int, row_bytes: int, rows=None, out=None):
+        cp = self.cp
+        n_out = n_rows if rows is None else len(rows)
+        if out is None:
+            out = cp.empty((n_out, n_cols), cp.float32)
+        units = n_out * (n_cols // 32)
+        threads = 256
+        self.fn(f"dequant_{TYPE_NAMES[qtype]}")(
+            ((units + threads - 1) // threads,), (threads,),
+            (raw, rows if rows is not None else np.uintp(0), out, np.int32(n_out), np.int32(n_cols), np.int64(row_bytes)))
+        return out
+
+    def rms_norm(self, x, w, eps: float, n: int):
+        """x (..., n) rows normed; w None = weightless."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x)
+        y = cp.empty_like(x)
+        rows = x.size // n
+        self.fn("rms_norm")((rows,), (256 if n >= 256 else 64,), (x, w if w is not None else np.uintp(0), y, np.int32(n), np.float32(eps)))
+        return y
+
+    def rope(self, x, pos, inv_freq, n_rot: int):
+        n_tok, n_heads, d = x.shape
+        total = n_tok * n_heads * (n_rot // 2)
+        self.fn("rope_neox")(((total + 255) // 256,), (256,), (x, pos, inv_freq, np.int32(n_tok), np.int32(n_heads),
+                                                              np.int32(d), np.int32(n_rot)))
+        return x
+
+    def gelu_mul(self, gate, up):
+        n = gate.size
+        self.fn("gelu_mul")(((n + 255) // 256,), (256,), (gate, up, np.int64(n)))
+        return gate
+
+    def softcap(self, x, cap: float):
+        n = x.size
+        self.fn("softcap")(((n + 255) // 256,), (256,), (x, np.float32(cap), np.int64(n)))
+        return x
+
+
+class _DeviceWeight:
+    def __init__(self, cp, w: Weight):
+        self.qtype, self.n_rows, self.n_cols = w.qtype, w.n_rows, w.n_cols
+        self.row_bytes = w.raw.shape[1]
+        self.raw = cp.asarray(np.ascontiguousarray(w.raw))
+        self.nbytes = w.nbytes
+
+
+class CudaSession:
+    def __init__(self, k: Kernels, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
+        c = model.config
+        if not 0 < max_context <= c.n_ctx_train:
+            raise InputError(f"max_context {max_context} must be in 1..{c.n_ctx_train} (context_length of {model.path})")
+        if n_seq < 1:
+            raise InputError(f"n_seq must be at least 1, got {n_seq}")
+        for w in model.weights():  # refuse an unsupported format at load, naming the tensor
+            if w.qtype not in TYPE_NAMES:
+                raise InputError(f"{model.path}: tensor {w.name} type {w.qtype.name} is not supported by cuda")
+        self.k, self.cp, self.model, self.cfg = k, k.cp, model, c
+        cp = self.cp
+        self.max_context, self.n_seq, self.n_vocab = max_context, n_seq, model.n_vocab
+        self.trace: dict | None = {} if trace else None
+        self.w = {}
+        for s in c.layers:
+            for m in MATRICES:
+                name = f"blk.{s.index}.{m}.weight"
+                if model.has(name):
+                    self.w[name] = _DeviceWeight(cp, model.weight(name))
+        self.embd = _DeviceWeight(cp, model.weight("token_embd.weight"))
+        self.head = self.embd if c.tied_output else _DeviceWeight(cp, model.weight("output.weight"))
+        self.norm = {f"blk.{s.index}.{n}.weight": cp.asarray(model.layer_weight(s.index, n).vector()) for s in c.layers for n in NORMS}
+        self.out_scale = {s.index: float(model.layer_weight(s.index, "layer_output_scale").vector()[0])
+                          for s in c.layers if s.has_output_scale}
+        self.output_norm = cp.asarray(model.weight("output_norm.weight").vector())
+        self.inv_freq = {s.index: cp.asarray(inv_freq_f32(s, model.rope_freqs)) for s in c.layers}
+        self.ring = min(c.window, max_context)
+        self._scratch = None
+        self.reset()
+
+    # -- public interface ----------------------------------------------------------------
+    @property
+    def logits(self) -> np.ndarray:
+        return self._last[0]
+
+    def reset(self, seq: int | None = None) -> None:
+        cp = self.cp
+        if seq is None:
+            self.lo = np.zeros(self.n_seq, np.int32)
+            self.next_pos = np.zeros(self.n_seq, np.int32)
+            self.full_cap = 0
+            self.kv = {}
+            for s in self.cfg.layers:
+                if s.sliding:
+                    shape = (self.n_seq, self.ring, s.n_head_kv, s.head_dim)
+                    self.kv[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
+            self._grow_full(16)
+            self._last = np.zeros((self.n_seq, self.n_vocab), np.float32)
+        else:
+            self._check_seq(seq)
+            self.lo[seq] = 0
+            self.next_pos[seq] = 0
+
+    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
+        toks = check_tokens(tokens, self.n_vocab)
+        self._check_seq(seq)
+        if start_pos < 0 or start_pos + len(toks) > self.max_context:
+            raise InputError(f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}")
+        if start_pos > self.next_pos[seq] or start_pos < self.lo[seq]:
+            self.lo[seq] = start_pos  # a gap (or a restart before the kept span): start afresh
+        pos = start_pos + np.arange(len(toks), dtype=np.int32)
+        logits = self._forward(toks, np.full(len(toks), seq, np.int32), pos, all_logits)
+        self.next_pos[seq] = start_pos + len(toks)
+        self._last[seq] = logits[-1]
+        return logits
+
+    def decode(self, tokens: Sequence[int]) -> np.ndarray:
+        toks = check_tokens(tokens, self.n_vocab)
+        if len(toks) != self.n_seq:
+            raise InputError(f"decode takes one token per sequence: got {len(toks)}, n_seq is {self.n_seq}")
+        pos = self.next_pos.copy()
+        if (pos >= self.max_context).any():
+            raise InputError(f"context full: position {int(pos.max())} is past max_context {self.max_context}")
+        logits = self._forward(toks, np.arange(self.n_seq, dtype=np.int32), pos, True)
+        self.next_pos += 1
+        self._last[:] = logits
+        return logits
+
+    # -- internals -----------------------------------------------------------------------
+    def _check_seq(self, seq: int) -> int:
+        if not 0 <= seq < self.n_seq:
+            raise InputError(f"sequence {seq} out of range: the session holds {self.n_seq}")
+        return seq
+
+    def _grow_full(self, need: int) -> None:
+        """Full-layer caches hold positions lo .. lo + cap - 1 per sequence (slot = pos - lo)."""
+        if need <= self.full_cap:
+            return
+        cp = self.cp
+        cap = max(need, 2 * self.full_cap)
+        for s in self.cfg.layers:
+            if s.sliding:
+                continue
+            shape = (self.n_seq, cap, s.n_head_kv, s.head_dim)
+            k, v = cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32)
+            if self.full_cap:
+                old_k, old_v = self.kv[s.index]
+                k[:, : self.full_cap], v[:, : self.full_cap] = old_k, old_v
+            self.kv[s.index] = (k, v)
+        self.full_cap = cap
+
+    def _mm(self, x, name: str):
+        w = self.w.get(name)
+        if w is None:
+            self.model.weight(name)  # raises the error naming the missing tensor
+        return self._mm_w(x, w)
+
+    def _mm_w(self, x, w: _DeviceWeight):
+        if x.shape[0] <= MATVEC_NV[-1]:
+            return self.k.matvec(w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes, x)
+        need = w.n_rows * w.n_cols
+        if self._scratch is None or self._scratch.size < need:
+            self._scratch = self.cp.empty(need, self.cp.float32)
+        dense = self.k.dequant(w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes,
+                               out=self._scratch[:need].reshape(w.n_rows, w.n_cols))
+        return x @ dense.T
+
+    def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
+        cp, c = self.cp, self.cfg
+        # full-layer slots needed: position - lo, per sequence
+        self._grow_full(int((pos - self.lo[seqs]).max()) + 1)
+        d_pos, d_seq = cp.asarray(pos), cp.asarray(seqs)
+        p0 = self.next_pos.copy()
+        for s in np.unique(seqs):
+            p0[s] = pos[seqs == s].min()
+        d_lo, d_p0 = cp.asarray(self.lo), cp.asarray(p0)
+        ids = cp.asarray(toks.astype(np.int64))
+        e = self.embd
+        x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=ids) * np.float32(c.embd_scale)
+        if self.trace is not None:
+            self.trace.clear()
+        for s in c.layers:
+            x = self._layer(s, x, pos, seqs, d_pos, d_seq, d_lo, d_p0)
+        if not all_logits:
+            x = x[-1:]
+        h = self.k.rms_norm(x, self.output_norm, c.eps, c.n_embd)
+        logits = self._mm_w(h, self.head)
+        if c.final_softcap is not None:
+            self.k.softcap(logits, c.final_softcap)
+        return cp.asnumpy(logits)
+
+    def _layer(self, s: LayerSpec, x, pos, seqs, d_pos, d_seq, d_lo, d_p0):
+        cp, c, k, i = self.cp, self.cfg, self.k, s.index
+        n, H, Hkv, d = x.shape[0], c.n_head, s.n_head_kv, s.head_dim
+        norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
+        mm = lambda a, name: self._mm(a, f"blk.{i}.{name}.weight")  # noqa: E731
+        h = k.rms_norm(x, norm("attn_norm"), c.eps, c.n_embd)
+        q = k.rms_norm(mm(h, "attn_q"), norm("attn_q_norm"), c.eps, d).reshape(n, H, d)
+        k_raw = mm(h, "attn_k")
+        v = mm(h, "attn_v") if s.has_v else k_raw  # k_eq_v: V is the raw K projection
+        kk = k.rms_norm(k_raw, norm("attn_k_norm"), c.eps, d).reshape(n, Hkv, d)
+        v = (k.rms_norm(v, None, c.eps, d) if c.v_norm else cp.ascontiguousarray(v)).reshape(n, Hkv, d)
+        k.rope(q, d_pos, self.inv_freq[i], s.n_rot)
+        k.rope(kk, d_pos, self.inv_freq[i], s.n_rot)
+        k_cache, v_cache = self.kv[i]
+        n_slots = k_cache.shape[1]
+        window = c.window if s.sliding else 0
+        max_keys = int(min(n_slots, (pos - self.lo[seqs]).max() + 1)) if s.sliding else int((pos - self.lo[seqs]).max() + 1)
+        max_keys = max(max_keys, 1)
+        a = cp.empty((n, H, d), cp.float32)
+        scratch = cp.empty((n, H, max_keys), cp.float32)
+        scale = c.attn_scale_swa if s.sliding else c.attn_scale_full
+        k.fn("attention")((n, H), (128,), (q, kk, v, k_cache, v_cache, a, scratch, d_pos, d_seq, d_lo, d_p0,
+                                            np.int32(n), np.int32(H), np.int32(Hkv), np.int32(d), np.int32(n_slots),
+                                            np.int32(window), np.float32(scale), np.int32(max_keys), np.int32(s.sliding)))
+        self._store(s, kk, v, pos, seqs)
+        attn_out = k.rms_norm(mm(a.reshape(n, H * d), "attn_output"), norm("post_attention_norm"), c.eps, c.n_embd)
+        x = x + attn_out
+        h = k.rms_norm(x, norm("ffn_norm"), c.eps, c.n_embd)
+        g = k.gelu_mul(mm(h, "ffn_gate"), mm(h, "ffn_up"))
+        ffn_out = k.rms_norm(mm(g, "ffn_down"), norm("post_ffw_norm"), c.eps, c.n_embd)
+        x = x + ffn_out
+        if s.has_output_scale:
+            x *= np.float32(self.out_scale[i])
+        if self.trace is not None:
+            for op, val in (("attn_out", attn_out), ("ffn_out", ffn_out), ("layer_out", x)):
+                self.trace[(i, op)] = cp.asnumpy(val)
+        return x
+
+    def _store(self, s: LayerSpec, kk, v, pos, seqs) -> None:
+        """Write this call's K/V into the cache, after attention read them from the batch."""
+        k_cache, v_cache = self.kv[s.index]
+        if s.sliding:
+            keep = np.ones(len(pos), bool)
+            for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
+                rows = np.flatnonzero(seqs == q)
+                keep[rows[: max(0, len(rows) - self.ring)]] = False
+            slots = pos[keep] % self.ring
+        else:
+            slots = (pos - self.lo[seqs])
+            keep = np.ones(len(pos), bool)
+        sel = self.cp.asarray(np.flatnonzero(keep))
+        k_cache[self.cp.asarray(seqs[keep]), self.cp.asarray(slots)] = kk[sel]
+        v_cache[self.cp.asarray(seqs[keep]), self.cp.asarray(slots)] = v[sel]
