@@ -27,6 +27,7 @@ KERNEL_FILES = ("matvec.cu", "norm_rope.cu", "attention.cu")
 TYPE_NAMES = {QT.F32: "f32", QT.F16: "f16", QT.BF16: "bf16", QT.Q8_0: "q8_0", QT.Q4_0: "q4_0",
               QT.Q5_0: "q5_0", QT.Q4_K: "q4_k", QT.Q5_K: "q5_k", QT.Q6_K: "q6_k"}
 MATVEC_NV = (1, 4, 16)  # compiled batch widths of the fused matvec
+MATVEC_WARPS = 4  # rows per block, as in matvec.cu
 MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 
@@ -107,8 +108,8 @@ class Kernels:
         n = x.shape[0]
         nv = next(v for v in MATVEC_NV if v >= n)
         y = cp.empty((n, n_rows), cp.float32)
-        threads = 128
-        blocks = (n_rows * 32 + threads - 1) // threads
+        threads = 32 * MATVEC_WARPS  # one warp per row
+        blocks = (n_rows + MATVEC_WARPS - 1) // MATVEC_WARPS
         self.fn(f"matvec_{TYPE_NAMES[qtype]}_nv{nv}")(
             (blocks,), (threads,), (raw, cp.ascontiguousarray(x), y, np.int32(n_rows), np.int32(n_cols),
                                     np.int64(row_bytes), np.int32(n)))
@@ -288,13 +289,14 @@ class CudaSession:
         for s in np.unique(seqs):
             p0[s] = pos[seqs == s].min()
         d_lo, d_p0 = cp.asarray(self.lo), cp.asarray(p0)
+        plan = self._store_plan(pos, seqs)
         ids = cp.asarray(toks.astype(np.int64))
         e = self.embd
         x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=ids) * np.float32(c.embd_scale)
         if self.trace is not None:
             self.trace.clear()
         for s in c.layers:
-            x = self._layer(s, x, pos, seqs, d_pos, d_seq, d_lo, d_p0)
+            x = self._layer(s, x, pos, seqs, d_pos, d_seq, d_lo, d_p0, plan)
         if not all_logits:
             x = x[-1:]
         h = self.k.rms_norm(x, self.output_norm, c.eps, c.n_embd)
@@ -303,7 +305,7 @@ class CudaSession:
             self.k.softcap(logits, c.final_softcap)
         return cp.asnumpy(logits)
 
-    def _layer(self, s: LayerSpec, x, pos, seqs, d_pos, d_seq, d_lo, d_p0):
+    def _layer(self, s: LayerSpec, x, pos, seqs, d_pos, d_seq, d_lo, d_p0, plan):
         cp, c, k, i = self.cp, self.cfg, self.k, s.index
         n, H, Hkv, d = x.shape[0], c.n_head, s.n_head_kv, s.head_dim
         norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
@@ -319,15 +321,15 @@ class CudaSession:
         k_cache, v_cache = self.kv[i]
         n_slots = k_cache.shape[1]
         window = c.window if s.sliding else 0
-        max_keys = int(min(n_slots, (pos - self.lo[seqs]).max() + 1)) if s.sliding else int((pos - self.lo[seqs]).max() + 1)
-        max_keys = max(max_keys, 1)
+        rows, slot_seq, slots, max_keys = plan["sliding" if s.sliding else "full"]
         a = cp.empty((n, H, d), cp.float32)
         scratch = cp.empty((n, H, max_keys), cp.float32)
         scale = c.attn_scale_swa if s.sliding else c.attn_scale_full
         k.fn("attention")((n, H), (128,), (q, kk, v, k_cache, v_cache, a, scratch, d_pos, d_seq, d_lo, d_p0,
                                             np.int32(n), np.int32(H), np.int32(Hkv), np.int32(d), np.int32(n_slots),
                                             np.int32(window), np.float32(scale), np.int32(max_keys), np.int32(s.sliding)))
-        self._store(s, kk, v, pos, seqs)
+        k_cache[slot_seq, slots] = kk[rows]  # after attention read the new keys from the batch
+        v_cache[slot_seq, slots] = v[rows]
         attn_out = k.rms_norm(mm(a.reshape(n, H * d), "attn_output"), norm("post_attention_norm"), c.eps, c.n_embd)
         x = x + attn_out
         h = k.rms_norm(x, norm("ffn_norm"), c.eps, c.n_embd)
@@ -341,18 +343,16 @@ class CudaSession:
                 self.trace[(i, op)] = cp.asnumpy(val)
         return x
 
-    def _store(self, s: LayerSpec, kk, v, pos, seqs) -> None:
-        """Write this call's K/V into the cache, after attention read them from the batch."""
-        k_cache, v_cache = self.kv[s.index]
-        if s.sliding:
-            keep = np.ones(len(pos), bool)
-            for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
-                rows = np.flatnonzero(seqs == q)
-                keep[rows[: max(0, len(rows) - self.ring)]] = False
-            slots = pos[keep] % self.ring
-        else:
-            slots = (pos - self.lo[seqs])
-            keep = np.ones(len(pos), bool)
-        sel = self.cp.asarray(np.flatnonzero(keep))
-        k_cache[self.cp.asarray(seqs[keep]), self.cp.asarray(slots)] = kk[sel]
-        v_cache[self.cp.asarray(seqs[keep]), self.cp.asarray(slots)] = v[sel]
+    def _store_plan(self, pos, seqs) -> dict:
+        """Where this call's K/V rows go, the same for every layer of a kind, uploaded once
+        per forward: (rows kept, their sequences, their slots, keys a row can see at most)."""
+        cp = self.cp
+        span = pos - self.lo[seqs]
+        keep = np.ones(len(pos), bool)
+        for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
+            rows = np.flatnonzero(seqs == q)
+            keep[rows[: max(0, len(rows) - self.ring)]] = False
+        sliding = (cp.asarray(np.flatnonzero(keep)), cp.asarray(seqs[keep]), cp.asarray(pos[keep] % self.ring),
+                   max(1, int(min(self.ring, span.max() + 1))))
+        full = (cp.asarray(np.arange(len(pos))), cp.asarray(seqs), cp.asarray(span), max(1, int(span.max() + 1)))
+        return {"sliding": sliding, "full": full}
