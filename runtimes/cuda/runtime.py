@@ -9,6 +9,7 @@ W slots on sliding layers, a growing buffer on full layers.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from g4c.config import LayerSpec
-from g4c.errors import DeviceUnavailableError, InputError
+from g4c.errors import DeviceUnavailableError, InputError, UnsupportedModelError, UnsupportedQuantError
 from g4c.model import Model, Weight
 from g4c.rope import inv_freq_f32
 from g4c.runtime import Availability, check_tokens
@@ -27,7 +28,10 @@ KERNEL_FILES = ("matvec.cu", "norm_rope.cu", "attention.cu")
 TYPE_NAMES = {QT.F32: "f32", QT.F16: "f16", QT.BF16: "bf16", QT.Q8_0: "q8_0", QT.Q4_0: "q4_0",
               QT.Q5_0: "q5_0", QT.Q4_K: "q4_k", QT.Q5_K: "q5_k", QT.Q6_K: "q6_k"}
 MATVEC_NV = (1, 4, 16)  # compiled batch widths of the fused matvec
-MATVEC_WARPS = 4  # rows per block, as in matvec.cu
+MATVEC_WARPS = 4  # warps per block, as in matvec.cu
+MATVEC_ROWS1 = {QT.F32: 2}  # rows per warp of the single-vector matvec (RowsPer in matvec.cu); 4 otherwise
+ATT_WARPS, ATT_MAX_D = 4, 512  # as in attention.cu
+ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT = 256, 64  # flash-decoding split of the visible keys
 MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 
@@ -108,8 +112,9 @@ class Kernels:
         n = x.shape[0]
         nv = next(v for v in MATVEC_NV if v >= n)
         y = cp.empty((n, n_rows), cp.float32)
-        threads = 32 * MATVEC_WARPS  # one warp per row
-        blocks = (n_rows + MATVEC_WARPS - 1) // MATVEC_WARPS
+        threads = 32 * MATVEC_WARPS  # a warp per row, or per ROWS1 rows for one vector
+        rows_per_block = MATVEC_WARPS * (MATVEC_ROWS1.get(qtype, 4) if nv == 1 else 1)
+        blocks = (n_rows + rows_per_block - 1) // rows_per_block
         self.fn(f"matvec_{TYPE_NAMES[qtype]}_nv{nv}")(
             (blocks,), (threads,), (raw, cp.ascontiguousarray(x), y, np.int32(n_rows), np.int32(n_cols),
                                     np.int64(row_bytes), np.int32(n)))
@@ -171,7 +176,11 @@ class CudaSession:
             raise InputError(f"n_seq must be at least 1, got {n_seq}")
         for w in model.weights():  # refuse an unsupported format at load, naming the tensor
             if w.qtype not in TYPE_NAMES:
-                raise InputError(f"{model.path}: tensor {w.name} type {w.qtype.name} is not supported by cuda")
+                raise UnsupportedQuantError(f"{model.path}: tensor {w.name}: GGML type {w.qtype.name} is not supported by cuda")
+        for s in c.layers:
+            if s.head_dim % 32 or s.head_dim > ATT_MAX_D:
+                raise UnsupportedModelError(f"{model.path}: layer {s.index} head dim {s.head_dim}: the cuda attention "
+                                            f"kernel takes multiples of 32 up to {ATT_MAX_D}")
         self.k, self.cp, self.model, self.cfg = k, k.cp, model, c
         cp = self.cp
         self.max_context, self.n_seq, self.n_vocab = max_context, n_seq, model.n_vocab
@@ -191,6 +200,10 @@ class CudaSession:
         self.inv_freq = {s.index: cp.asarray(inv_freq_f32(s, model.rope_freqs)) for s in c.layers}
         self.ring = min(c.window, max_context)
         self._scratch = None
+        self._graph = None
+        # decode steps replay a CUDA graph unless G4C_CUDA_GRAPHS=0
+        self.graphs = os.environ.get("G4C_CUDA_GRAPHS", "1") != "0"
+        self.graph_error: str | None = None
         self.reset()
 
     # -- public interface ----------------------------------------------------------------
@@ -209,6 +222,7 @@ class CudaSession:
                 if s.sliding:
                     shape = (self.n_seq, self.ring, s.n_head_kv, s.head_dim)
                     self.kv[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
+            self._graph = None
             self._grow_full(16)
             self._last = np.zeros((self.n_seq, self.n_vocab), np.float32)
         else:
@@ -236,7 +250,11 @@ class CudaSession:
         pos = self.next_pos.copy()
         if (pos >= self.max_context).any():
             raise InputError(f"context full: position {int(pos.max())} is past max_context {self.max_context}")
-        logits = self._forward(toks, np.arange(self.n_seq, dtype=np.int32), pos, True)
+        seqs = np.arange(self.n_seq, dtype=np.int32)
+        if self.graphs and self.trace is None:
+            logits = self._decode_graph(toks, seqs, pos)
+        else:
+            logits = self._forward(toks, seqs, pos, True)
         self.next_pos += 1
         self._last[:] = logits
         return logits
@@ -247,10 +265,11 @@ class CudaSession:
             raise InputError(f"sequence {seq} out of range: the session holds {self.n_seq}")
         return seq
 
-    def _grow_full(self, need: int) -> None:
-        """Full-layer caches hold positions lo .. lo + cap - 1 per sequence (slot = pos - lo)."""
+    def _grow_full(self, need: int) -> bool:
+        """Full-layer caches hold positions lo .. lo + cap - 1 per sequence (slot = pos - lo).
+        True when they were reallocated (a captured graph then points at freed buffers)."""
         if need <= self.full_cap:
-            return
+            return False
         cp = self.cp
         cap = max(need, 2 * self.full_cap)
         for s in self.cfg.layers:
@@ -263,6 +282,45 @@ class CudaSession:
                 k[:, : self.full_cap], v[:, : self.full_cap] = old_k, old_v
             self.kv[s.index] = (k, v)
         self.full_cap = cap
+        self._graph = None
+        return True
+
+    def _decode_graph(self, toks, seqs, pos) -> np.ndarray:
+        """One decode step replayed from a CUDA graph: no Python between its ~1300 kernels.
+
+        The first step (and the first after the full-layer cache grows) runs eagerly and then
+        captures the same forward on a private memory pool that lives as long as the graph,
+        with every input in a persistent device buffer and scratch sized to the cache
+        capacity, so that kernel arguments do not change between steps."""
+        cp = self.cp
+        self._grow_full(int((pos - self.lo[seqs]).max()) + 1)
+        host = self._host_inputs(toks, seqs, pos)
+        host["max_keys_sliding"], host["max_keys_full"] = self.ring, self.full_cap
+        g = self._graph
+        if g is None:
+            pool, stream = cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True)
+            with cp.cuda.using_allocator(pool.malloc), stream:
+                dev = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
+                result = cp.asnumpy(self._run(dev, True))  # this step's logits, and the warm-up
+                try:
+                    stream.begin_capture()
+                    out = self._run(dev, True)
+                    graph = stream.end_capture()
+                except Exception as e:  # a CuPy op that cannot be captured: stay eager, say why once
+                    if stream.is_capturing():
+                        stream.end_capture()
+                    self.graphs = False
+                    self.graph_error = f"{type(e).__name__}: {e}"
+                    return result
+            self._graph = {"graph": graph, "dev": dev, "out": out, "pool": pool, "stream": stream}
+            return result
+        stream = g["stream"]
+        with stream:
+            for k, v in host.items():
+                if isinstance(v, np.ndarray):
+                    g["dev"][k].set(v)
+            g["graph"].launch(stream)
+            return g["out"].get(stream=stream)
 
     def _mm(self, x, name: str):
         w = self.w.get(name)
@@ -280,32 +338,52 @@ class CudaSession:
                                out=self._scratch[:need].reshape(w.n_rows, w.n_cols))
         return x @ dense.T
 
-    def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
-        cp, c = self.cp, self.cfg
-        # full-layer slots needed: position - lo, per sequence
-        self._grow_full(int((pos - self.lo[seqs]).max()) + 1)
-        d_pos, d_seq = cp.asarray(pos), cp.asarray(seqs)
+    def _host_inputs(self, toks, seqs, pos) -> dict:
+        """Everything a forward reads, as host arrays (uploaded eagerly, or copied into a
+        captured graph's persistent buffers)."""
         p0 = self.next_pos.copy()
-        for s in np.unique(seqs):
-            p0[s] = pos[seqs == s].min()
-        d_lo, d_p0 = cp.asarray(self.lo), cp.asarray(p0)
-        plan = self._store_plan(pos, seqs)
-        ids = cp.asarray(toks.astype(np.int64))
+        for q in np.unique(seqs):
+            p0[q] = pos[seqs == q].min()
+        span = pos - self.lo[seqs]
+        keep = np.ones(len(pos), bool)
+        for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
+            rows = np.flatnonzero(seqs == q)
+            keep[rows[: max(0, len(rows) - self.ring)]] = False
+        return {
+            "ids": toks.astype(np.int64), "pos": pos.astype(np.int32), "seq": seqs.astype(np.int32),
+            "lo": self.lo.astype(np.int32), "p0": p0.astype(np.int32),
+            "ring_rows": np.flatnonzero(keep).astype(np.int64), "ring_seq": seqs[keep].astype(np.int64),
+            "ring_slot": (pos[keep] % self.ring).astype(np.int64),
+            "full_rows": np.arange(len(pos), dtype=np.int64), "full_seq": seqs.astype(np.int64),
+            "full_slot": span.astype(np.int64),
+            "max_keys_sliding": max(1, int(min(self.ring, span.max() + 1))), "max_keys_full": max(1, int(span.max() + 1)),
+        }
+
+    def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
+        self._grow_full(int((pos - self.lo[seqs]).max()) + 1)  # full-layer slots: position - lo
+        host = self._host_inputs(toks, seqs, pos)
+        dev = {k: (self.cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
+        return self.cp.asnumpy(self._run(dev, all_logits))
+
+    def _run(self, dev: dict, all_logits: bool):
+        """The forward on the device from uploaded inputs; no host synchronization inside,
+        so a decode step can be captured as a CUDA graph."""
+        c = self.cfg
         e = self.embd
-        x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=ids) * np.float32(c.embd_scale)
+        x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=dev["ids"]) * np.float32(c.embd_scale)
         if self.trace is not None:
             self.trace.clear()
         for s in c.layers:
-            x = self._layer(s, x, pos, seqs, d_pos, d_seq, d_lo, d_p0, plan)
+            x = self._layer(s, x, dev)
         if not all_logits:
             x = x[-1:]
         h = self.k.rms_norm(x, self.output_norm, c.eps, c.n_embd)
         logits = self._mm_w(h, self.head)
         if c.final_softcap is not None:
             self.k.softcap(logits, c.final_softcap)
-        return cp.asnumpy(logits)
+        return logits
 
-    def _layer(self, s: LayerSpec, x, pos, seqs, d_pos, d_seq, d_lo, d_p0, plan):
+    def _layer(self, s: LayerSpec, x, dev: dict):
         cp, c, k, i = self.cp, self.cfg, self.k, s.index
         n, H, Hkv, d = x.shape[0], c.n_head, s.n_head_kv, s.head_dim
         norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
@@ -316,18 +394,22 @@ class CudaSession:
         v = mm(h, "attn_v") if s.has_v else k_raw  # k_eq_v: V is the raw K projection
         kk = k.rms_norm(k_raw, norm("attn_k_norm"), c.eps, d).reshape(n, Hkv, d)
         v = (k.rms_norm(v, None, c.eps, d) if c.v_norm else cp.ascontiguousarray(v)).reshape(n, Hkv, d)
-        k.rope(q, d_pos, self.inv_freq[i], s.n_rot)
-        k.rope(kk, d_pos, self.inv_freq[i], s.n_rot)
+        k.rope(q, dev["pos"], self.inv_freq[i], s.n_rot)
+        k.rope(kk, dev["pos"], self.inv_freq[i], s.n_rot)
         k_cache, v_cache = self.kv[i]
         n_slots = k_cache.shape[1]
         window = c.window if s.sliding else 0
-        rows, slot_seq, slots, max_keys = plan["sliding" if s.sliding else "full"]
+        kind = "ring" if s.sliding else "full"
+        rows, slot_seq, slots = dev[f"{kind}_rows"], dev[f"{kind}_seq"], dev[f"{kind}_slot"]
+        max_keys = dev["max_keys_sliding" if s.sliding else "max_keys_full"]
         a = cp.empty((n, H, d), cp.float32)
-        scratch = cp.empty((n, H, max_keys), cp.float32)
+        n_split = max(1, min(ATT_MAX_SPLIT, -(-max_keys // ATT_KEYS_PER_SPLIT)))
+        part = cp.empty((n, H, n_split, d + 2), cp.float32)
         scale = c.attn_scale_swa if s.sliding else c.attn_scale_full
-        k.fn("attention")((n, H), (128,), (q, kk, v, k_cache, v_cache, a, scratch, d_pos, d_seq, d_lo, d_p0,
-                                            np.int32(n), np.int32(H), np.int32(Hkv), np.int32(d), np.int32(n_slots),
-                                            np.int32(window), np.float32(scale), np.int32(max_keys), np.int32(s.sliding)))
+        k.fn("attention_split")((n, H, n_split), (32 * ATT_WARPS,), (
+            q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["lo"], dev["p0"], np.int32(H), np.int32(Hkv),
+            np.int32(d), np.int32(n_slots), np.int32(window), np.float32(scale), np.int32(s.sliding), np.int32(n_split)))
+        k.fn("attention_combine")((n, H), (128,), (part, a, np.int32(H), np.int32(d), np.int32(n_split)))
         k_cache[slot_seq, slots] = kk[rows]  # after attention read the new keys from the batch
         v_cache[slot_seq, slots] = v[rows]
         attn_out = k.rms_norm(mm(a.reshape(n, H * d), "attn_output"), norm("post_attention_norm"), c.eps, c.n_embd)
@@ -342,17 +424,3 @@ class CudaSession:
             for op, val in (("attn_out", attn_out), ("ffn_out", ffn_out), ("layer_out", x)):
                 self.trace[(i, op)] = cp.asnumpy(val)
         return x
-
-    def _store_plan(self, pos, seqs) -> dict:
-        """Where this call's K/V rows go, the same for every layer of a kind, uploaded once
-        per forward: (rows kept, their sequences, their slots, keys a row can see at most)."""
-        cp = self.cp
-        span = pos - self.lo[seqs]
-        keep = np.ones(len(pos), bool)
-        for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
-            rows = np.flatnonzero(seqs == q)
-            keep[rows[: max(0, len(rows) - self.ring)]] = False
-        sliding = (cp.asarray(np.flatnonzero(keep)), cp.asarray(seqs[keep]), cp.asarray(pos[keep] % self.ring),
-                   max(1, int(min(self.ring, span.max() + 1))))
-        full = (cp.asarray(np.arange(len(pos))), cp.asarray(seqs), cp.asarray(span), max(1, int(span.max() + 1)))
-        return {"sliding": sliding, "full": full}

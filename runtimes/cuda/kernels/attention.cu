@@ -1,93 +1,130 @@
-// Attention of query rows over two key segments: the cache (positions written before this
-// call) and the rows' own new keys. Reading the new keys from the batch, not from the ring,
-// is what keeps a prefill longer than the window from evicting keys its earlier rows need.
+// Attention of query rows over two key segments, split over blocks (flash decoding).
 //
-// One block per (query row, query head). Visible keys of a row at position p:
-//   cache:  positions [lo, p0) with, on sliding layers, p - k < W;
+// Visible keys of a row at position p (sequence s, its rows of this call start at p0):
+//   cache:  positions first .. p0-1, first = max(lo, p - W + 1) on sliding layers (lo otherwise);
 //           slot = k mod n_slots on a ring (sliding layers), k - lo on full layers
-//   batch:  new rows r' of the same sequence with position <= p (and p - k < W)
-// Scores are written to a scratch row, then softmax and the weighted sum of V.
+//   batch:  this call's own new keys at positions max(first, p0) .. p, read from the batch,
+//           not from the ring: a prefill longer than the window never evicts keys it needs.
+// attention_split: block (row, head, split) takes an equal share of the visible keys, each
+// warp an online softmax over its keys, and writes (max, sum, sum of p*V) for its share.
+// attention_combine merges the splits. The split count depends on the cache capacity, not on
+// the position, so a captured decode graph keeps its grid.
 #include "formats.cuh"
 
-extern "C" __global__ void attention(
-    const float* __restrict__ q,       // (n_rows, H, d)
-    const float* __restrict__ k_new,   // (n_rows, Hkv, d)
-    const float* __restrict__ v_new,
-    const float* __restrict__ k_cache, // (n_seq, n_slots, Hkv, d)
-    const float* __restrict__ v_cache,
-    float* __restrict__ out,           // (n_rows, H, d)
-    float* __restrict__ scratch,       // (n_rows, H, max_keys)
-    const int* __restrict__ row_pos, const int* __restrict__ row_seq,
-    const int* __restrict__ seq_lo,    // first cached position per sequence
-    const int* __restrict__ seq_p0,    // first position of this call's rows per sequence
-    int n_rows, int H, int Hkv, int d, int n_slots, int window, float scale, int max_keys,
-    int ring) {                        // 1: slot = position mod n_slots; 0: slot = position - lo
-    int r = blockIdx.x, h = blockIdx.y;
-    int p = row_pos[r], s = row_seq[r];
+#define ATT_WARPS 4
+#define MAX_D 512
+
+struct Keys {
+    int first, n_cache, first_new, n_keys;
+};
+
+__device__ __forceinline__ Keys visible_keys(int p, int lo, int p0, int window) {
+    Keys k;
+    k.first = lo;
+    if (window > 0 && p - window + 1 > k.first) k.first = p - window + 1;
+    k.n_cache = p0 > k.first ? p0 - k.first : 0;
+    k.first_new = k.first > p0 ? k.first : p0;
+    k.n_keys = k.n_cache + (p - k.first_new + 1);
+    return k;
+}
+
+__device__ __forceinline__ long key_offset(int i, const Keys& k, int r, int p, int s, int lo, int kvh, int Hkv, int d,
+                                           int n_slots, int ring, bool* from_cache) {
+    if (i < k.n_cache) {
+        int kpos = k.first + i;
+        int slot = ring ? kpos % n_slots : kpos - lo;
+        *from_cache = true;
+        return (((long)s * n_slots + slot) * Hkv + kvh) * d;
+    }
+    int kpos = k.first_new + (i - k.n_cache);
+    *from_cache = false;
+    return ((long)(r - (p - kpos)) * Hkv + kvh) * d;
+}
+
+extern "C" __global__ void attention_split(
+    const float* __restrict__ q, const float* __restrict__ k_new, const float* __restrict__ v_new,
+    const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+    float* __restrict__ part,  // (n_rows, H, n_split, d + 2): sum p*V, then max, then sum p
+    const int* __restrict__ row_pos, const int* __restrict__ row_seq, const int* __restrict__ seq_lo,
+    const int* __restrict__ seq_p0, int H, int Hkv, int d, int n_slots, int window, float scale, int ring, int n_split) {
+    int r = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
+    int p = row_pos[r], s = row_seq[r], lo = seq_lo[s];
     int kvh = h / (H / Hkv);
-    int lo = seq_lo[s], p0 = seq_p0[s];
-    int first = lo;
-    if (window > 0 && p - window + 1 > first) first = p - window + 1;
-    int n_cache = p0 > first ? p0 - first : 0;   // cached keys first .. p0-1
-    // new rows of this sequence: positions p0 .. p; they sit at rows r - (p - p0) .. r
-    int first_new = first > p0 ? first : p0;
-    int n_new = p - first_new + 1;
-    int n_keys = n_cache + n_new;
+    Keys keys = visible_keys(p, lo, seq_p0[s], window);
+    int per = (keys.n_keys + n_split - 1) / n_split;
+    int begin = sp * per, end = min(keys.n_keys, begin + per);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* qv = q + ((long)r * H + h) * d;
-    float* sc = scratch + ((long)r * H + h) * max_keys;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    for (int i = warp; i < n_keys; i += n_warps) {
-        const float* kv;
-        if (i < n_cache) {
-            int kpos = first + i;
-            int slot = ring ? kpos % n_slots : kpos - lo;
-            kv = k_cache + (((long)s * n_slots + slot) * Hkv + kvh) * d;
-        } else {
-            int kpos = first_new + (i - n_cache);
-            kv = k_new + ((long)(r - (p - kpos)) * Hkv + kvh) * d;
-        }
+    float qr[MAX_D / 32], acc[MAX_D / 32];
+    int nd = d >> 5;  // dims per lane: lane, lane + 32, ...
+#pragma unroll
+    for (int j = 0; j < MAX_D / 32; j++) {
+        qr[j] = j < nd ? qv[lane + 32 * j] : 0.f;
+        acc[j] = 0.f;
+    }
+    float m = -3.402823466e38f, l = 0.f;
+    for (int i = begin + warp; i < end; i += ATT_WARPS) {
+        bool cached;
+        long off = key_offset(i, keys, r, p, s, lo, kvh, Hkv, d, n_slots, ring, &cached);
+        const float* kv = (cached ? k_cache : k_new) + off;
+        const float* vv = (cached ? v_cache : v_new) + off;
         float dot = 0.f;
-        for (int j = lane; j < d; j += 32) dot += qv[j] * kv[j];
+#pragma unroll
+        for (int j = 0; j < MAX_D / 32; j++)
+            if (j < nd) dot += qr[j] * kv[lane + 32 * j];
         for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, o);
-        if (lane == 0) sc[i] = dot * scale;
+        float sc = dot * scale;
+        float m_new = fmaxf(m, sc);
+        float corr = expf(m - m_new), e = expf(sc - m_new);
+        l = l * corr + e;
+#pragma unroll
+        for (int j = 0; j < MAX_D / 32; j++)
+            if (j < nd) acc[j] = acc[j] * corr + e * vv[lane + 32 * j];
+        m = m_new;
     }
+    // merge the block's warps
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    __shared__ float sm_acc[ATT_WARPS][MAX_D];
+    if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
+#pragma unroll
+    for (int j = 0; j < MAX_D / 32; j++)
+        if (j < nd) sm_acc[warp][lane + 32 * j] = acc[j];
     __syncthreads();
-    __shared__ float red[32];
-    float m = -3.402823466e38f;
-    for (int i = threadIdx.x; i < n_keys; i += blockDim.x) m = fmaxf(m, sc[i]);
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
-    if (lane == 0) red[warp] = m;
-    __syncthreads();
-    m = -3.402823466e38f;
-    for (int i = 0; i < n_warps; i++) m = fmaxf(m, red[i]);
-    __syncthreads();
-    float sum = 0.f;
-    for (int i = threadIdx.x; i < n_keys; i += blockDim.x) {
-        float e = expf(sc[i] - m);
-        sc[i] = e;
-        sum += e;
-    }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-    if (lane == 0) red[warp] = sum;
-    __syncthreads();
-    sum = 0.f;
-    for (int i = 0; i < n_warps; i++) sum += red[i];
-    float inv = 1.f / sum;
-    float* o = out + ((long)r * H + h) * d;
+    float mb = -3.402823466e38f;
+    for (int w = 0; w < ATT_WARPS; w++) mb = fmaxf(mb, sm_m[w]);
+    float* out = part + (((long)r * H + h) * n_split + sp) * (d + 2);
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        float acc = 0.f;
-        for (int i = 0; i < n_keys; i++) {
-            const float* vv;
-            if (i < n_cache) {
-                int kpos = first + i;
-                int slot = ring ? kpos % n_slots : kpos - lo;
-                vv = v_cache + (((long)s * n_slots + slot) * Hkv + kvh) * d;
-            } else {
-                int kpos = first_new + (i - n_cache);
-                vv = v_new + ((long)(r - (p - kpos)) * Hkv + kvh) * d;
-            }
-            acc += sc[i] * vv[j];
+        float a = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++) a += sm_l[w] > 0.f ? sm_acc[w][j] * expf(sm_m[w] - mb) : 0.f;
+        out[j] = a;
+    }
+    if (threadIdx.x == 0) {
+        float lb = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++) lb += sm_l[w] > 0.f ? sm_l[w] * expf(sm_m[w] - mb) : 0.f;
+        out[d] = mb;
+        out[d + 1] = lb;
+    }
+}
+
+extern "C" __global__ void attention_combine(const float* __restrict__ part, float* __restrict__ out, int H, int d,
+                                             int n_split) {
+    int r = blockIdx.x, h = blockIdx.y;
+    const float* pr = part + ((long)r * H + h) * n_split * (d + 2);
+    float m = -3.402823466e38f;
+    for (int sp = 0; sp < n_split; sp++)
+        if (pr[sp * (d + 2) + d + 1] > 0.f) m = fmaxf(m, pr[sp * (d + 2) + d]);
+    float l = 0.f;
+    for (int sp = 0; sp < n_split; sp++) {
+        float ls = pr[sp * (d + 2) + d + 1];
+        if (ls > 0.f) l += ls * expf(pr[sp * (d + 2) + d] - m);
+    }
+    float inv = 1.f / l;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float a = 0.f;
+        for (int sp = 0; sp < n_split; sp++) {
+            float ls = pr[sp * (d + 2) + d + 1];
+            if (ls > 0.f) a += pr[sp * (d + 2) + j] * expf(pr[sp * (d + 2) + d] - m);
         }
-        o[j] = acc * inv;
+        out[((long)r * H + h) * d + j] = a * inv;
     }
 }

@@ -22,7 +22,7 @@ template <> struct UnitBytes<T_Q6_K> { static const int n = 210 / 8; };  // not 
 template <int T> struct Chunk { static const int bytes = UnitBytes<T>::n * 32; };
 template <> struct Chunk<T_Q6_K> { static const int bytes = 210 * 4; };
 
-__device__ __forceinline__ void stage(uint8_t* dst, const uint8_t* src, int n, int lane) {
+__device__ __forceinline__ void stage_issue(uint8_t* dst, const uint8_t* src, int n, int lane) {
     uintptr_t a = (uintptr_t)src;
     if ((a & 15) == 0 && (n & 15) == 0) {
         for (int i = lane; i < (n >> 4); i += 32) ((uint4*)dst)[i] = __ldg((const uint4*)src + i);
@@ -33,11 +33,25 @@ __device__ __forceinline__ void stage(uint8_t* dst, const uint8_t* src, int n, i
     } else {
         for (int i = lane; i < n; i += 32) dst[i] = __ldg(src + i);
     }
+}
+
+__device__ __forceinline__ void stage(uint8_t* dst, const uint8_t* src, int n, int lane) {
+    stage_issue(dst, src, n, lane);
     __syncwarp();
 }
 
 #define MATVEC_WARPS 4
 
+// Chunk of 32 units starting at unit u0 (a multiple of 32): byte offset and length; for
+// Q6_K, whose unit is not a whole number of bytes, whole super-blocks of 8 units.
+template <int T> __device__ __forceinline__ long chunk_offset(int u0) {
+    return T == T_Q6_K ? (long)(u0 >> 3) * 210 : (long)u0 * UnitBytes<T>::n;
+}
+template <int T> __device__ __forceinline__ int chunk_bytes(int units) {
+    return T == T_Q6_K ? (units >> 3) * 210 : units * UnitBytes<T>::n;
+}
+
+// Batched form: one warp per row, each lane's 32 x values read per vector from L1.
 template <int T, int NV>
 __device__ void matvec(const uint8_t* __restrict__ W, const float* __restrict__ X, float* __restrict__ Y,
                        int n_rows, int n_cols, long row_bytes, int nv) {
@@ -55,11 +69,8 @@ __device__ void matvec(const uint8_t* __restrict__ W, const float* __restrict__ 
     float w[32];
     for (int u0 = 0; u0 < n_units; u0 += 32) {
         int units = min(32, n_units - u0);
-        // chunk bytes: whole units, or for Q6_K whole super-blocks (32 units = 4 of them)
-        int bytes = (T == T_Q6_K) ? (units >> 3) * 210 : units * UnitBytes<T>::n;
-        long offset = (T == T_Q6_K) ? (long)(u0 >> 3) * 210 : (long)u0 * UnitBytes<T>::n;
         __syncwarp();
-        stage(buf, row + offset, bytes, lane);
+        stage(buf, row + chunk_offset<T>(u0), chunk_bytes<T>(units), lane);
         if (lane < units) {
             int u = u0 + lane;
             load_unit<T>(buf, lane, w);
@@ -86,6 +97,62 @@ __device__ void matvec(const uint8_t* __restrict__ W, const float* __restrict__ 
     }
 }
 
+// Single-vector form (decode of one sequence): a warp takes RowsPer<T> rows, keeps its
+// lane's 32 x values in registers across them (x read once per RowsPer rows), and issues the
+// loads of all its rows' chunks before decoding any, to keep more bytes in flight.
+template <int T> struct RowsPer { static const int n = 4; };
+template <> struct RowsPer<T_F32> { static const int n = 2; };  // 4 would not fit 48 KB of shared memory
+
+template <int T>
+__device__ void matvec1(const uint8_t* __restrict__ W, const float* __restrict__ X, float* __restrict__ Y,
+                        int n_rows, int n_cols, long row_bytes) {
+    const int R = RowsPer<T>::n;
+    __shared__ __align__(16) uint8_t smem[MATVEC_WARPS][R][Chunk<T>::bytes];
+    int warp_in_block = threadIdx.x >> 5;
+    int row0 = (blockIdx.x * MATVEC_WARPS + warp_in_block) * R;
+    int lane = threadIdx.x & 31;
+    if (row0 >= n_rows) return;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    int n_units = n_cols >> 5;
+    float w[32], xr[32];
+    for (int u0 = 0; u0 < n_units; u0 += 32) {
+        int units = min(32, n_units - u0);
+        __syncwarp();
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (row0 + r < n_rows)
+                stage_issue(smem[warp_in_block][r], W + (long)(row0 + r) * row_bytes + chunk_offset<T>(u0),
+                            chunk_bytes<T>(units), lane);
+        if (lane < units) {
+            const float4* x = (const float4*)(X + (u0 + lane) * 32);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float4 xv = __ldg(x + i);
+                xr[4 * i] = xv.x; xr[4 * i + 1] = xv.y; xr[4 * i + 2] = xv.z; xr[4 * i + 3] = xv.w;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (row0 + r < n_rows && lane < units) {
+                load_unit<T>(smem[warp_in_block][r], lane, w);
+                float s = 0.f;
+#pragma unroll
+                for (int i = 0; i < 32; i++) s += w[i] * xr[i];
+                acc[r] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = acc[r];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (lane == 0 && row0 + r < n_rows) Y[row0 + r] = s;
+    }
+}
+
 // Dequantize whole rows (rows[i] of W, or row i when rows is null) to float32.
 template <int T>
 __device__ void dequant_rows(const uint8_t* __restrict__ W, const long long* __restrict__ rows, float* __restrict__ out,
@@ -108,7 +175,10 @@ __device__ void dequant_rows(const uint8_t* __restrict__ W, const long long* __r
         matvec<T, NV>(W, X, Y, n_rows, n_cols, row_bytes, nv);                                                      \
     }
 #define FORMAT(NAME, T)                                                                                            \
-    MATVEC(NAME, T, 1)                                                                                             \
+    extern "C" __global__ void matvec_##NAME##_nv1(const uint8_t* W, const float* X, float* Y, int n_rows,          \
+                                                   int n_cols, long row_bytes, int nv) {                            \
+        matvec1<T>(W, X, Y, n_rows, n_cols, row_bytes);                                                             \
+    }                                                                                                              \
     MATVEC(NAME, T, 4)                                                                                             \
     MATVEC(NAME, T, 16)                                                                                            \
     extern "C" __global__ void dequant_##NAME(const uint8_t* W, const long long* rows, float* out, int n_out_rows,  \
