@@ -36,3 +36,11 @@ def _conformance(runtime, extras):
 
 for _rt, _extras in RUNTIMES.items():
     nox.session(name=f"conformance-{_rt}")(_conformance(_rt, _extras))
+
+
+@nox.session
+def fuzz(session):
+    """The GGUF fuzz test at 20000 cases (CI runs 2000); G4C_FUZZ_EXAMPLES overrides."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "tests/test_fuzz.py", "-s", *session.posargs,
+                env={"G4C_FUZZ_EXAMPLES": os.environ.get("G4C_FUZZ_EXAMPLES", "20000")})

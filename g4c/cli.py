@@ -4,6 +4,7 @@
     g4c header MODEL.gguf                    the Phase 0 markdown header dump
     g4c generate MODEL.gguf --tokens 2,818   greedy tokens from a runtime
     g4c fixture PRESET [--type T]            write a synthetic Gemma 4 GGUF (12b: ~7 GB)
+    g4c plan MODEL.gguf --memory 12GiB       memory per runtime and the largest context that fits
     g4c runtimes                             registered runtimes and whether their device is present
 
 Errors of the suite's own hierarchy print as one line naming the file, key or tensor,
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output path (default: the fixture cache; the path is printed)")
 
+    p = sub.add_parser("plan", help="memory a runtime needs for a model, and the largest context that fits")
+    p.add_argument("model")
+    p.add_argument("--memory", required=True, help="budget, e.g. 12GiB or 80GB")
+    p.add_argument("--runtime", default="cpu")
+    p.add_argument("--n-seq", type=int, default=1)
+    p.add_argument("--context", type=int, action="append", default=[], help="also show the plan at this context")
+
     sub.add_parser("runtimes", help="list registered runtimes")
 
     args = parser.parse_args(argv)
@@ -67,6 +75,34 @@ def cmd_header(args) -> int:
     from .model import Model
 
     sys.stdout.write(render(Model(args.model)))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .model import Model
+    from .plan import GIB, largest_context, parse_bytes
+    from .runtime import get
+
+    model = Model(args.model)
+    budget = parse_bytes(args.memory)
+    rt = get(args.runtime)
+    planner = getattr(rt, "memory_plan", None)
+    if planner is None:
+        raise G4CError(f"runtime {args.runtime} declares no memory_plan")
+    n_max = model.config.n_ctx_train
+    plan_at = lambda n: planner(model, n, args.n_seq)  # noqa: E731
+    contexts = sorted(set(args.context or [4096, 8192, 32768, 131072, n_max]))
+    print(f"{model.path} on {args.runtime}, {args.n_seq} sequence(s), budget {budget / GIB:.2f} GiB")
+    print("| context | weights GiB | KV GiB | scratch GiB | total GiB | fits |")
+    print("|---|---|---|---|---|---|")
+    for n in contexts:
+        if not 0 < n <= n_max:
+            raise G4CError(f"--context {n} is outside 1..{n_max} (context_length)")
+        p = plan_at(n)
+        print(f"| {n} | {p.weights / GIB:.3f} | {p.kv / GIB:.3f} | {p.scratch / GIB:.3f} | {p.total / GIB:.3f} | "
+              f"{'yes' if p.total <= budget else 'no'} |")
+    best = largest_context(plan_at, budget, n_max)
+    print(f"largest context that fits: {best}" if best else "no context fits this budget")
     return 0
 
 
@@ -182,7 +218,8 @@ def _print_summary(path: str) -> None:
     print(f"\nresults: {path}")
 
 
-COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "fixture": cmd_fixture, "runtimes": cmd_runtimes}
+COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "fixture": cmd_fixture, "plan": cmd_plan,
+            "runtimes": cmd_runtimes}
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ class ModelConfig:
         family = "gemma3" if arch in GEMMA3_ARCHS else "gemma4"
         n_layer = keys.int("block_count")
         n_embd = keys.int("embedding_length")
+        keys.positive("block_count", n_layer, limit=4096)
+        keys.positive("embedding_length", n_embd, limit=1 << 20)
         n_head = keys.per_layer_int("attention.head_count", n_layer)
         if len(set(n_head)) != 1:
             raise UnsupportedModelError(f"{path}: per-layer attention.head_count is not supported")
@@ -134,6 +136,13 @@ class ModelConfig:
             raise UnsupportedModelError(f"{path}: value_length != key_length is not supported")
         window = keys.int("attention.sliding_window")
         eps = keys.float("attention.layer_norm_rms_epsilon")
+        keys.positive("attention.head_count", min(n_head), limit=1 << 12)
+        keys.positive("attention.head_count_kv", min(n_head_kv), limit=max(n_head))
+        keys.positive("feed_forward_length", min(n_ff), limit=1 << 24)
+        keys.positive("attention.key_length", head_dim_full, limit=1 << 14)
+        keys.positive("attention.sliding_window", window, limit=1 << 31)
+        if not (0 < eps < 1):
+            raise GGUFFormatError(f"{path}: key {keys.full('attention.layer_norm_rms_epsilon')} = {eps} is not in (0, 1)")
         rope_base_full = keys.float("rope.freq_base", default=10000.0)
         n_rot_full = keys.int("rope.dimension_count", default=head_dim_full)
         has_rope_freqs = "rope_freqs.weight" in tensor_names
@@ -144,6 +153,7 @@ class ModelConfig:
                 raise UnsupportedModelError(f"{path}: value_length_swa != key_length_swa is not supported")
             rope_base_swa = keys.float("rope.freq_base_swa")
             n_rot_swa = keys.int("rope.dimension_count_swa")
+            keys.positive("attention.key_length_swa", head_dim_swa, limit=1 << 14)
             pattern = keys.bool_array("attention.sliding_window_pattern", n_layer)
             shared_kv = keys.int("attention.shared_kv_layers", default=0)
             softcap = keys.float("final_logit_softcapping", default=None)
@@ -158,6 +168,11 @@ class ModelConfig:
             softcap = None
             scale_full = scale_swa = 1.0 / math.sqrt(head_dim_full)
             rope_scale = keys.float("rope.scaling.factor", default=1.0) if keys.has("rope.scaling.type") or keys.has("rope.scaling.factor") else 1.0
+        for what, base in (("rope.freq_base", rope_base_full), ("rope.freq_base_swa", rope_base_swa)):
+            if not (base > 1 and math.isfinite(base)):
+                raise GGUFFormatError(f"{path}: key {keys.full(what)} = {base} must be a finite base above 1")
+        if softcap is not None and not (softcap > 0 and math.isfinite(softcap)):
+            raise GGUFFormatError(f"{path}: key {keys.full('final_logit_softcapping')} = {softcap} must be positive")
         if shared_kv:
             raise UnsupportedModelError(f"{path}: attention.shared_kv_layers = {shared_kv} (E2B/E4B KV sharing) is not supported")
         for what, n_rot, d in (("rope.dimension_count", n_rot_full, head_dim_full), ("rope.dimension_count_swa", n_rot_swa, head_dim_swa)):
@@ -183,7 +198,7 @@ class ModelConfig:
                     has_output_scale=f"blk.{i}.layer_output_scale.weight" in tensor_names,
                 )
             )
-            if n_head[0] % n_head_kv[i]:
+            if n_head[0] % n_head_kv[i] or n_head_kv[i] < 1:
                 raise GGUFFormatError(
                     f"{path}: layer {i}: head_count {n_head[0]} is not a multiple of head_count_kv {n_head_kv[i]}"
                 )
@@ -251,6 +266,10 @@ class _Keys:
 
     def _bad(self, name: str, mv: MetaValue, want: str) -> GGUFFormatError:
         return GGUFFormatError(f"{self.path}: key {name} has type {mv.type_name}, expected {want}")
+
+    def positive(self, key: str, value: int, limit: int) -> None:
+        if not 0 < value <= limit:
+            raise GGUFFormatError(f"{self.path}: key {self.full(key)} = {value} is outside 1..{limit}")
 
     def string(self, key: str, prefixed: bool = True, default: Any = _MISSING) -> str:
         name, mv, dflt = self._get(key, prefixed, default)

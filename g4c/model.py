@@ -79,6 +79,43 @@ def _decode_field(field) -> MetaValue:
     return MetaValue(value, types[0].name)
 
 
+# smallest encodings: a key/value is a u64 length, one byte of name, a u32 type and a byte of
+# value; a tensor info a u64 length, one byte of name, u32 n_dims, one u64 dim, u32 type, u64 offset
+MIN_KV_BYTES = 8 + 1 + 4 + 1
+MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
+SUPPORTED_VERSIONS = (2, 3)
+
+
+def check_header(path: str) -> None:
+    """Refuse a file whose fixed header is wrong or whose counts cannot fit its size, before
+    gguf's reader would loop over (or allocate for) 2^40 claimed tensors."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24:
+        raise GGUFFormatError(f"{path}: file of {size} bytes is too short for a GGUF header (24 bytes)")
+    if head[:4] != b"GGUF":
+        raise GGUFFormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in SUPPORTED_VERSIONS:
+        raise GGUFFormatError(f"{path}: GGUF version {version} is not supported (supported: 2, 3)")
+    n_tensors = int.from_bytes(head[8:16], "little")
+    n_kv = int.from_bytes(head[16:24], "little")
+    need = 24 + n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES
+    if need > size:
+        raise GGUFFormatError(
+            f"{path}: header claims {n_tensors} tensors and {n_kv} key/values, which need at least "
+            f"{need} bytes; the file has {size} (corrupt counts or a truncated file)"
+        )
+
+
+def _explain(e: Exception) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, ValueError) and ("reshape" in str(e) or "buffer" in str(e) or "offset" in str(e)):
+        return f"data runs past the end of the file, truncated or a corrupt offset ({text})"
+    return text
+
+
 class Model:
     """A validated, memory-mapped Gemma GGUF: `config` plus `weight(name)`."""
 
@@ -86,12 +123,13 @@ class Model:
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise GGUFFormatError(f"{self.path}: no such file")
+        check_header(self.path)
         try:
             reader = GGUFReader(self.path, "r")
         except G4CError:
             raise
         except Exception as e:  # the gguf reader fails deep inside numpy on corrupt files
-            raise GGUFFormatError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+            raise GGUFFormatError(f"{self.path}: not a readable GGUF file ({_explain(e)})") from None
         self.version = int(reader.fields["GGUF.version"].parts[-1][0]) if "GGUF.version" in reader.fields else None
         meta: dict[str, MetaValue] = {}
         for name, field in reader.fields.items():
@@ -118,7 +156,14 @@ class Model:
                     f"the {lay.qtype.name} block size {lay.block_size}"
                 )
             n_rows = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            raw = np.asarray(t.data).view(np.uint8).reshape(n_rows, lay.row_bytes(shape[0]))
+            try:
+                raw = np.asarray(t.data).view(np.uint8).reshape(n_rows, lay.row_bytes(shape[0]))
+            except ValueError:
+                raise GGUFFormatError(
+                    f"{self.path}: tensor {t.name} ({lay.qtype.name} {list(shape)}) needs "
+                    f"{n_rows * lay.row_bytes(shape[0])} bytes at offset {t.data_offset}; the file has "
+                    f"{os.path.getsize(self.path)} (truncated or a corrupt offset)"
+                ) from None
             self._weights[t.name] = Weight(t.name, lay.qtype, shape, raw)
         self.tensor_names = {t.name for t in reader.tensors}
         self.tensor_order = [t.name for t in reader.tensors]
@@ -150,6 +195,25 @@ class Model:
 
     def weights(self) -> list[Weight]:
         return [self._weights[n] for n in self.tensor_order if n in self._weights]
+
+    def check_finite(self, progress: bool = False) -> None:
+        """Dequantize every tensor (in chunks) and raise on the first NaN or infinity, naming
+        the tensor, row and column. Off by default: it reads the whole file."""
+        weights = self.weights()
+        if progress:
+            from tqdm import tqdm
+
+            weights = tqdm(weights, desc="checking weights", unit="tensor")
+        for w in weights:
+            step = max(1, (64 << 20) // (4 * w.n_cols))
+            for a in range(0, w.n_rows, step):
+                block = w.rows(a, a + step)
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    r, c = np.argwhere(bad)[0]
+                    raise GGUFFormatError(
+                        f"{self.path}: tensor {w.name} has a non-finite weight {block[r, c]} at row {a + r} column {c}"
+                    )
 
     @property
     def weight_bytes(self) -> int:

@@ -18,14 +18,29 @@ from g4c import quants
 from g4c.config import LayerSpec
 from g4c.errors import InputError
 from g4c.model import Model, Weight
+from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
 from g4c.runtime import Availability, check_tokens
 
 from . import ops
 
 F32 = np.float32
 CHUNK_BYTES = 64 << 20
+UBATCH = 128  # prefill rows per forward: bounds the attention scores to UBATCH x heads x keys
 MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+
+
+def _budget() -> int:
+    return int(os.environ.get("G4C_CPU_DEQUANT_BUDGET_MB", "2048")) << 20
+
+
+def _matrix_names(model: Model) -> list[str]:
+    return [f"blk.{s.index}.{m}.weight" for s in model.config.layers for m in MATRICES
+            if model.has(f"blk.{s.index}.{m}.weight")]
+
+
+def _dense_bytes(model: Model) -> int:
+    return sum(4 * model.weight(n).n_rows * model.weight(n).n_cols for n in _matrix_names(model))
 
 
 class CpuRuntime:
@@ -34,8 +49,29 @@ class CpuRuntime:
     def availability(self) -> Availability:
         return Availability(True)
 
-    def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "CpuSession":
-        return CpuSession(model, max_context, n_seq, trace)
+    def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False,
+             reserve: bool = False) -> "CpuSession":
+        return CpuSession(model, max_context, n_seq, trace, reserve)
+
+    @staticmethod
+    def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:
+        """Host memory at n_ctx: the memory-mapped file, the float32 copy of small models'
+        matrices, f32 KV, and per-forward scratch (dequantized chunks, one micro-batch of
+        activations, attention scores, logits)."""
+        c = model.config
+        dense = _dense_bytes(model)
+        weights = model.weight_bytes + (dense if dense <= _budget() else 0)
+        F = max(s.n_ff for s in c.layers)
+        qd = c.n_head * c.head_dim_full
+        rows = min(UBATCH, n_ctx)
+        keys = min(n_ctx, c.window + rows) if all(s.sliding for s in c.layers) else n_ctx
+        scratch = (
+            (os.cpu_count() or 1) * CHUNK_BYTES
+            + rows * (6 * c.n_embd + 4 * qd + 3 * F) * 4
+            + 3 * rows * c.n_head * keys * 4  # scores, their exponentials, the masked copy
+            + rows * model.n_vocab * 4
+        )
+        return MemoryPlan("cpu", n_ctx, n_seq, weights, kv_bytes(c, n_ctx, n_seq), scratch, "host")
 
     # op-level entry points, for the conformance suite's weight-type cases
     @staticmethod
@@ -92,13 +128,15 @@ class _Ring:
 
 
 class _Growing:
-    """Full-layer cache: positions appended in order, storage grown by doubling."""
+    """Full-layer cache: positions appended in order, storage grown by doubling up to the
+    session's max_context (or allocated whole at once with reserve)."""
 
-    def __init__(self, n_kv: int, d: int):
-        self.k = np.zeros((16, n_kv, d), F32)
-        self.v = np.zeros((16, n_kv, d), F32)
-        self.pos = np.zeros(16, np.int64)
-        self.n = 0
+    def __init__(self, n_kv: int, d: int, limit: int, reserve: bool = False):
+        cap = limit if reserve else min(16, limit)
+        self.k = np.zeros((cap, n_kv, d), F32)
+        self.v = np.zeros((cap, n_kv, d), F32)
+        self.pos = np.zeros(cap, np.int64)
+        self.n, self.limit = 0, limit
 
     def past(self, before: int):
         m = int(np.searchsorted(self.pos[: self.n], before))
@@ -110,7 +148,7 @@ class _Growing:
     def write(self, k, v, pos) -> None:
         need = self.n + len(pos)
         if need > len(self.pos):
-            cap = max(need, 2 * len(self.pos))
+            cap = min(max(need, 2 * len(self.pos)), max(need, self.limit))
             for name in ("k", "v", "pos"):
                 old = getattr(self, name)
                 new = np.zeros((cap,) + old.shape[1:], old.dtype)
@@ -121,21 +159,23 @@ class _Growing:
 
 
 class CpuSession:
-    def __init__(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
+    def __init__(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False, reserve: bool = False):
         c = model.config
         if not 0 < max_context <= c.n_ctx_train:
             raise InputError(f"max_context {max_context} must be in 1..{c.n_ctx_train} (context_length of {model.path})")
         if n_seq < 1:
             raise InputError(f"n_seq must be at least 1, got {n_seq}")
+        self.plan = check_fits(lambda n: CpuRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
+                               available_host_memory(), f"{model.path} on cpu")
+        self.reserve = reserve
         self.model, self.cfg = model, c
         self.max_context, self.n_seq = max_context, n_seq
         self.n_vocab = model.n_vocab
         self.trace: dict | None = {} if trace else None
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        budget = int(os.environ.get("G4C_CPU_DEQUANT_BUDGET_MB", "2048")) << 20
-        names = [f"blk.{s.index}.{m}.weight" for s in c.layers for m in MATRICES if model.has(f"blk.{s.index}.{m}.weight")]
-        dense_bytes = sum(4 * model.weight(n).n_rows * model.weight(n).n_cols for n in names)
-        keep = dense_bytes <= budget
+        budget = _budget()
+        names = _matrix_names(model)
+        keep = _dense_bytes(model) <= budget
         self.mat = {n: _Matrix(model.weight(n), keep, self._pool) for n in names}
         self.norm = {
             f"blk.{s.index}.{n}.weight": model.layer_weight(s.index, n).vector() for s in c.layers for n in NORMS
@@ -156,6 +196,13 @@ class CpuSession:
     def logits(self) -> np.ndarray:
         return self._last[0]
 
+    def memory_report(self) -> dict:
+        """Bytes actually held now: the mapped file, dequantized matrices, KV arrays."""
+        kv = sum(c.k.nbytes + c.v.nbytes for caches in self.caches for c in caches)
+        index = sum(c.pos.nbytes for caches in self.caches for c in caches)
+        dense = sum(m.dense.nbytes for m in list(self.mat.values()) + [self.head] if m.dense is not None)
+        return {"mapped_weights": self.model.weight_bytes, "dense_weights": dense, "kv": kv, "kv_position_index": index}
+
     def reset(self, seq: int | None = None) -> None:
         seqs = range(self.n_seq) if seq is None else [self._check_seq(seq)]
         if seq is None:
@@ -163,7 +210,8 @@ class CpuSession:
             self.next_pos = [0] * self.n_seq
         for s in seqs:
             self.caches[s] = [
-                _Ring(min(self.cfg.window, self.max_context), l.n_head_kv, l.head_dim) if l.sliding else _Growing(l.n_head_kv, l.head_dim)
+                _Ring(min(self.cfg.window, self.max_context), l.n_head_kv, l.head_dim) if l.sliding
+                else _Growing(l.n_head_kv, l.head_dim, self.max_context, self.reserve)
                 for l in self.cfg.layers
             ]
             self.next_pos[s] = 0
@@ -180,7 +228,12 @@ class CpuSession:
         for cache in self.caches[seq]:
             cache.truncate(start_pos)
         pos = start_pos + np.arange(len(toks))
-        logits = self._forward(toks, np.full(len(toks), seq), pos, all_logits)
+        parts = []
+        for a in range(0, len(toks), UBATCH):  # micro-batches: each attends to the cache of the ones before
+            last = a + UBATCH >= len(toks)
+            parts.append(self._forward(toks[a:a + UBATCH], np.full(len(toks[a:a + UBATCH]), seq), pos[a:a + UBATCH],
+                                       all_logits or not last))
+        logits = np.concatenate(parts) if all_logits else parts[-1]
         self.next_pos[seq] = start_pos + len(toks)
         self._last[seq] = logits[-1]
         return logits

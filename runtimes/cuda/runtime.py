@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType as QT
 from g4c.config import LayerSpec
 from g4c.errors import DeviceUnavailableError, InputError, UnsupportedModelError, UnsupportedQuantError
 from g4c.model import Model, Weight
+from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
 from g4c.runtime import Availability, check_tokens
 
@@ -70,6 +71,20 @@ class CudaRuntime:
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "CudaSession":
         return CudaSession(self.kernels(), model, max_context, n_seq, trace)
+
+    @staticmethod
+    def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:
+        """Device memory at n_ctx: quantized weights, f32 KV, and the prefill scratch (the
+        largest matrix dequantized to f32, the output head included when all logits are
+        asked for), activations of a 512-row prefill and the attention partials."""
+        c = model.config
+        rows = min(512, n_ctx)
+        largest = max(4 * w.n_rows * w.n_cols for w in model.weights() if len(w.shape) > 1)
+        F = max(s.n_ff for s in c.layers)
+        n_split = min(ATT_MAX_SPLIT, -(-n_ctx // ATT_KEYS_PER_SPLIT))
+        scratch = (largest + rows * (6 * c.n_embd + 4 * c.n_head * c.head_dim_full + 3 * F) * 4
+                   + rows * c.n_head * n_split * (c.head_dim_full + 2) * 4 + rows * model.n_vocab * 4)
+        return MemoryPlan("cuda", n_ctx, n_seq, model.weight_bytes, kv_bytes(c, n_ctx, n_seq), scratch, "device")
 
     # op-level entry points for the conformance suite's weight-type cases
     def dequantize(self, raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
@@ -183,6 +198,9 @@ class CudaSession:
                                             f"kernel takes multiples of 32 up to {ATT_MAX_D}")
         self.k, self.cp, self.model, self.cfg = k, k.cp, model, c
         cp = self.cp
+        free = cp.cuda.runtime.memGetInfo()[0]
+        self.plan = check_fits(lambda n: CudaRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
+                               free, f"{model.path} on cuda")
         self.max_context, self.n_seq, self.n_vocab = max_context, n_seq, model.n_vocab
         self.trace: dict | None = {} if trace else None
         self.w = {}
@@ -271,7 +289,7 @@ class CudaSession:
         if need <= self.full_cap:
             return False
         cp = self.cp
-        cap = max(need, 2 * self.full_cap)
+        cap = min(max(need, 2 * self.full_cap), max(need, self.max_context))
         for s in self.cfg.layers:
             if s.sliding:
                 continue
