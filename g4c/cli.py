@@ -4,6 +4,7 @@
     g4c header MODEL.gguf                    the Phase 0 markdown header dump
     g4c generate MODEL.gguf --tokens 2,818   greedy tokens from a runtime
     g4c fixture PRESET [--type T]            write a synthetic Gemma 4 GGUF (12b: ~7 GB)
+    g4c check MODEL.gguf                     validate a file and scan every weight for NaN/inf
     g4c plan MODEL.gguf --memory 12GiB       memory per runtime and the largest context that fits
     g4c runtimes                             registered runtimes and whether their device is present
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-seq", type=int, default=1)
     p.add_argument("--context", type=int, action="append", default=[], help="also show the plan at this context")
 
+    p = sub.add_parser("check", help="validate a GGUF: header, keys, shapes, and every weight finite")
+    p.add_argument("model")
+
     sub.add_parser("runtimes", help="list registered runtimes")
 
     args = parser.parse_args(argv)
@@ -103,6 +107,15 @@ def cmd_plan(args) -> int:
               f"{'yes' if p.total <= budget else 'no'} |")
     best = largest_context(plan_at, budget, n_max)
     print(f"largest context that fits: {best}" if best else "no context fits this budget")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .model import Model
+
+    model = Model(args.model)
+    model.check_finite(progress=sys.stderr.isatty())
+    print(f"{args.model}: valid {model.config.arch} GGUF, {len(model.tensor_names)} tensors, every weight finite")
     return 0
 
 
@@ -218,7 +231,7 @@ def _print_summary(path: str) -> None:
     print(f"\nresults: {path}")
 
 
-COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "fixture": cmd_fixture, "plan": cmd_plan,
+COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "fixture": cmd_fixture, "plan": cmd_plan, "check": cmd_check,
             "runtimes": cmd_runtimes}
 
 

@@ -57,3 +57,8 @@ def test_run_with_fault_fails_and_reports(tmp_path):
 def test_runtimes_lists_cpu():
     r = g4c("runtimes")
     assert r.returncode == 0 and "cpu" in r.stdout and "available" in r.stdout
+
+
+def test_check_command():
+    r = g4c("check", fixtures.ensure("micro"))
+    assert r.returncode == 0 and "every weight finite" in r.stdout, r.stderr

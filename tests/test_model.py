@@ -107,3 +107,27 @@ def test_not_a_gguf(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(GGUFFormatError, match="no such file"):
         Model(tmp_path / "nope.gguf")
+
+
+def test_non_finite_weight_found_on_request(tiny_path, tmp_path):
+    m = Model(tiny_path)
+    w = m.weight("blk.1.ffn_norm.weight").vector().copy()
+    w[7] = np.nan
+    bad = Model(rewrite(tiny_path, tmp_path / "nan.gguf", replace_tensors={"blk.1.ffn_norm.weight": w}))
+    with pytest.raises(GGUFFormatError, match="tensor blk.1.ffn_norm.weight has a non-finite weight nan at row 0 column 7"):
+        bad.check_finite()
+    m.check_finite()  # the clean file passes
+
+
+def test_unknown_type_number_refused(tiny_path, tmp_path):
+    """A tensor type id no GGML version defines: refused with our error, not a traceback."""
+    data = bytearray(tiny_path.read_bytes())
+    name = b"blk.0.attn_q.weight"
+    at = data.index(name) + len(name)
+    n_dims = int.from_bytes(data[at:at + 4], "little")
+    type_at = at + 4 + 8 * n_dims
+    data[type_at:type_at + 4] = (999).to_bytes(4, "little")
+    bad = tmp_path / "type999.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFFormatError, match="type999.gguf: .*999"):
+        Model(bad)
