@@ -107,3 +107,33 @@ def check_tokens(tokens: Sequence[int], n_vocab: int) -> np.ndarray:
         i = int(np.argmax(bad))
         raise InputError(f"token id {int(arr[i])} at index {i} is out of range [0, {n_vocab})")
     return arr.astype(np.int64)
+
+
+# Session argument checks every runtime makes the same way, with the same messages.
+
+
+def check_load(model: Model, max_context: int, n_seq: int) -> None:
+    n_ctx = model.config.n_ctx_train
+    if not 0 < max_context <= n_ctx:
+        raise InputError(f"max_context {max_context} must be in 1..{n_ctx} (context_length of {model.path})")
+    if n_seq < 1:
+        raise InputError(f"n_seq must be at least 1, got {n_seq}")
+
+
+def check_seq(seq: int, n_seq: int) -> int:
+    if not 0 <= seq < n_seq:
+        raise InputError(f"sequence {seq} out of range: the session holds {n_seq}")
+    return seq
+
+
+def check_prefill(start_pos: int, n_tokens: int, max_context: int) -> None:
+    if start_pos < 0 or start_pos + n_tokens > max_context:
+        raise InputError(f"positions {start_pos}..{start_pos + n_tokens - 1} do not fit max_context {max_context}")
+
+
+def check_decode(n_tokens: int, next_positions: np.ndarray, max_context: int) -> None:
+    """One token per sequence, and room for each at its next position."""
+    if n_tokens != len(next_positions):
+        raise InputError(f"decode takes one token per sequence: got {n_tokens}, n_seq is {len(next_positions)}")
+    if (np.asarray(next_positions) >= max_context).any():
+        raise InputError(f"context full: position {int(np.max(next_positions))} is past max_context {max_context}")

@@ -16,10 +16,9 @@ import numpy as np
 
 from g4c import quants
 from g4c.config import LayerSpec
-from g4c.errors import InputError
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
-from g4c.runtime import Availability, check_tokens
+from g4c.runtime import Availability, check_decode, check_load, check_prefill, check_seq, check_tokens
 
 from . import ops
 
@@ -161,10 +160,7 @@ class _Growing:
 class CpuSession:
     def __init__(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False, reserve: bool = False):
         c = model.config
-        if not 0 < max_context <= c.n_ctx_train:
-            raise InputError(f"max_context {max_context} must be in 1..{c.n_ctx_train} (context_length of {model.path})")
-        if n_seq < 1:
-            raise InputError(f"n_seq must be at least 1, got {n_seq}")
+        check_load(model, max_context, n_seq)
         self.plan = check_fits(lambda n: CpuRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                available_host_memory(), f"{model.path} on cpu")
         self.reserve = reserve
@@ -204,7 +200,7 @@ class CpuSession:
         return {"mapped_weights": self.model.weight_bytes, "dense_weights": dense, "kv": kv, "kv_position_index": index}
 
     def reset(self, seq: int | None = None) -> None:
-        seqs = range(self.n_seq) if seq is None else [self._check_seq(seq)]
+        seqs = range(self.n_seq) if seq is None else [check_seq(seq, self.n_seq)]
         if seq is None:
             self.caches = [None] * self.n_seq
             self.next_pos = [0] * self.n_seq
@@ -218,11 +214,8 @@ class CpuSession:
 
     def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
         toks = check_tokens(tokens, self.n_vocab)
-        self._check_seq(seq)
-        if start_pos < 0 or start_pos + len(toks) > self.max_context:
-            raise InputError(
-                f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}"
-            )
+        check_seq(seq, self.n_seq)
+        check_prefill(start_pos, len(toks), self.max_context)
         if start_pos > self.next_pos[seq]:
             self.reset(seq)  # a gap: the sequence starts afresh at start_pos
         for cache in self.caches[seq]:
@@ -240,22 +233,14 @@ class CpuSession:
 
     def decode(self, tokens: Sequence[int]) -> np.ndarray:
         toks = check_tokens(tokens, self.n_vocab)
-        if len(toks) != self.n_seq:
-            raise InputError(f"decode takes one token per sequence: got {len(toks)}, n_seq is {self.n_seq}")
         pos = np.array(self.next_pos)
-        if (pos >= self.max_context).any():
-            raise InputError(f"context full: position {int(pos.max())} is past max_context {self.max_context}")
+        check_decode(len(toks), pos, self.max_context)
         logits = self._forward(toks, np.arange(self.n_seq), pos, True)
         self.next_pos = [p + 1 for p in self.next_pos]
         self._last[:] = logits
         return logits
 
     # -- forward -------------------------------------------------------------------------
-    def _check_seq(self, seq: int) -> int:
-        if not 0 <= seq < self.n_seq:
-            raise InputError(f"sequence {seq} out of range: the session holds {self.n_seq}")
-        return seq
-
     def _matrix(self, name: str) -> _Matrix:
         m = self.mat.get(name)
         if m is None:

@@ -18,11 +18,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from g4c.config import LayerSpec
-from g4c.errors import DeviceUnavailableError, InputError, UnsupportedModelError, UnsupportedQuantError
+from g4c.errors import DeviceUnavailableError, UnsupportedModelError, UnsupportedQuantError
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
-from g4c.runtime import Availability, check_tokens
+from g4c.runtime import Availability, check_decode, check_load, check_prefill, check_seq, check_tokens
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_FILES = ("matvec.cu", "norm_rope.cu", "attention.cu")
@@ -185,10 +185,7 @@ class _DeviceWeight:
 class CudaSession:
     def __init__(self, k: Kernels, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
         c = model.config
-        if not 0 < max_context <= c.n_ctx_train:
-            raise InputError(f"max_context {max_context} must be in 1..{c.n_ctx_train} (context_length of {model.path})")
-        if n_seq < 1:
-            raise InputError(f"n_seq must be at least 1, got {n_seq}")
+        check_load(model, max_context, n_seq)
         for w in model.weights():  # refuse an unsupported format at load, naming the tensor
             if w.qtype not in TYPE_NAMES:
                 raise UnsupportedQuantError(f"{model.path}: tensor {w.name}: GGML type {w.qtype.name} is not supported by cuda")
@@ -244,15 +241,14 @@ class CudaSession:
             self._grow_full(16)
             self._last = np.zeros((self.n_seq, self.n_vocab), np.float32)
         else:
-            self._check_seq(seq)
+            check_seq(seq, self.n_seq)
             self.lo[seq] = 0
             self.next_pos[seq] = 0
 
     def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
         toks = check_tokens(tokens, self.n_vocab)
-        self._check_seq(seq)
-        if start_pos < 0 or start_pos + len(toks) > self.max_context:
-            raise InputError(f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}")
+        check_seq(seq, self.n_seq)
+        check_prefill(start_pos, len(toks), self.max_context)
         if start_pos > self.next_pos[seq] or start_pos < self.lo[seq]:
             self.lo[seq] = start_pos  # a gap (or a restart before the kept span): start afresh
         pos = start_pos + np.arange(len(toks), dtype=np.int32)
@@ -263,11 +259,8 @@ class CudaSession:
 
     def decode(self, tokens: Sequence[int]) -> np.ndarray:
         toks = check_tokens(tokens, self.n_vocab)
-        if len(toks) != self.n_seq:
-            raise InputError(f"decode takes one token per sequence: got {len(toks)}, n_seq is {self.n_seq}")
         pos = self.next_pos.copy()
-        if (pos >= self.max_context).any():
-            raise InputError(f"context full: position {int(pos.max())} is past max_context {self.max_context}")
+        check_decode(len(toks), pos, self.max_context)
         seqs = np.arange(self.n_seq, dtype=np.int32)
         if self.graphs and self.trace is None:
             logits = self._decode_graph(toks, seqs, pos)
@@ -278,11 +271,6 @@ class CudaSession:
         return logits
 
     # -- internals -----------------------------------------------------------------------
-    def _check_seq(self, seq: int) -> int:
-        if not 0 <= seq < self.n_seq:
-            raise InputError(f"sequence {seq} out of range: the session holds {self.n_seq}")
-        return seq
-
     def _grow_full(self, need: int) -> bool:
         """Full-layer caches hold positions lo .. lo + cap - 1 per sequence (slot = pos - lo).
         True when they were reallocated (a captured graph then points at freed buffers)."""
