@@ -1,5 +1,6 @@
-"""nox sessions: `nox -s tests` (the whole test suite), `nox -s conformance-cpu` (that
-runtime's conformance, writing reports/out/conformance-cpu.json for reports).
+"""nox sessions: `nox -s tests` (the whole test suite and a report from its run),
+`nox -s conformance-cpu` (that runtime's conformance, writing reports/out/conformance-cpu.json),
+`nox -s bench` (throughput), `nox -s report` (reports/out/index.html).
 
 Each runtime gets its own session, registered in a loop with name= so that the names read
 conformance-<runtime> (nox's parametrize would name them conformance(cpu)). An explicit
@@ -7,6 +8,7 @@ session fails when its runtime is unavailable: conformance-cuda needs an NVIDIA 
 """
 
 import os
+import platform
 
 import nox
 
@@ -16,11 +18,44 @@ nox.options.reuse_existing_virtualenvs = True
 RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]"}  # runtime -> what its session installs
 
 
+def _machine() -> str:
+    return os.environ.get("G4C_MACHINE") or platform.node() or "local"
+
+
 @nox.session
 def tests(session):
-    """The whole test suite: unit tests, fault injection, and conformance of every runtime."""
+    """The whole test suite, then a real run turned into the report: unit tests, fault
+    injection and conformance of every runtime (results kept), the benchmarks on the tiny
+    preset, the HTML report from those runs and the committed ones, and the report opened in
+    headless Chromium (tests/test_report.py)."""
     session.install("-e", ".[dev]")
-    session.run("python", "-m", "pytest", "tests", "conformance", *session.posargs)
+    os.makedirs("reports/out", exist_ok=True)
+    label = _machine()
+    session.run("python", "-m", "pytest", "tests", "conformance", "--results-json", f"reports/out/conformance-{label}.json",
+                *session.posargs)
+    session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider",
+                "--benchmark-json", f"reports/out/bench-{label}.json", env={"G4C_MACHINE": label})
+    session.run("python", "-m", "reports.build")
+    session.run("python", "-m", "pytest", "tests/test_report.py", "-k", "browser", "-p", "no:cacheprovider",
+                env={"G4C_REPORT": "reports/out/index.html", "G4C_REPORT_SCREENSHOT": "reports/out/report.png"})
+
+
+@nox.session
+def bench(session):
+    """Throughput benchmarks of every available runtime (tiny preset unless --bench-model or
+    G4C_BENCH_MODEL says otherwise), pytest-benchmark JSON in reports/out/bench-<machine>.json.
+    Extra arguments go to pytest: nox -s bench -- --bench-model 12b --bench-runtime cuda."""
+    session.install("-e", ".[dev]")
+    os.makedirs("reports/out", exist_ok=True)
+    session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider",
+                "--benchmark-json", f"reports/out/bench-{_machine()}.json", *session.posargs)
+
+
+@nox.session
+def report(session):
+    """reports/out/index.html from every result file in reports/data and reports/out."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "reports.build", *session.posargs)
 
 
 def _conformance(runtime, extras):

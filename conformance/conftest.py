@@ -21,8 +21,9 @@ import pytest
 
 from g4c import runtime as registry
 from g4c import tolerance
+from g4c.errors import G4CError
 
-from .harness import NOT_SUPPORTED
+from .harness import NOT_SUPPORTED, available_or_skip
 
 
 def pytest_addoption(parser):
@@ -35,16 +36,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds on 2 cores")
-    found = registry.discover()
     asked = config.getoption("--runtime")
-    unknown = [r for r in asked if r not in found]
-    if unknown:
-        raise pytest.UsageError(f"unknown runtime(s) {', '.join(unknown)} (registered: {', '.join(found)})")
-    for name in asked:
-        av = found[name].availability()
-        if not av.ok:
-            raise pytest.UsageError(f"runtime {name} was asked for explicitly but is unavailable: {av.reason}")
-    config._g4c_runtimes = {n: found[n] for n in (asked or found)}
+    try:
+        config._g4c_runtimes = registry.select(asked)
+    except G4CError as e:
+        raise pytest.UsageError(str(e)) from None
     config._g4c_explicit = bool(asked)
     config._g4c_results = {}
     fault = config.getoption("--fault")
@@ -73,11 +69,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def runtime(request):
-    rt = request.config._g4c_runtimes[request.param]
-    av = rt.availability()
-    if not av.ok:
-        pytest.skip(f"runtime {request.param} unavailable: {av.reason}")
-    return rt
+    return available_or_skip(request.config._g4c_runtimes[request.param], request.param)
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +128,7 @@ def pytest_sessionfinish(session, exitstatus):
         doc = {
             "suite": "gemma4-conformance",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+            "machine": {"label": os.environ.get("G4C_MACHINE") or platform.node(), "node": platform.node(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "python": platform.python_version()},
             "runtimes": {n: {"available": rt.availability().ok, "reason": rt.availability().reason,
                              "precision": getattr(rt, "precision", "f32")}
@@ -156,9 +148,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if rows:
         terminalreporter.section("conformance metrics")
         for nodeid, metrics in rows:
-            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            shown = ", ".join(_shown(k, v) for k, v in metrics.items())
             terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {shown}")
     if getattr(config, "_g4c_empty", False):
         terminalreporter.write_line(
             "FAILED: runtime(s) asked for explicitly but no conformance test passed (nothing ran or all skipped)", red=True
         )
+
+
+def _shown(key, value) -> str:
+    if isinstance(value, float):
+        return f"{key}={value:.3g}"
+    if isinstance(value, (list, dict)):  # curves and tables: in the results JSON and the report
+        return f"{key}=<{len(value)} entries>"
+    return f"{key}={value}"

@@ -39,6 +39,23 @@ def supports(runtime, feature: str, value) -> None:
         pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no support for {feature} {value}")
 
 
+def available_or_skip(runtime, name: str):
+    """The runtime, or a skip naming why its device is absent (never a pass)."""
+    av = runtime.availability()
+    if not av.ok:
+        pytest.skip(f"runtime {name} unavailable: {av.reason}")
+    return runtime
+
+
+def traces(runtime, model, tokens) -> tuple[dict, dict]:
+    """(reference trace, runtime trace) of a prefill; not_supported when the runtime traces nothing."""
+    _, ref_trace = reference_logits(model, tuple(tokens), trace=True)
+    _, got_trace = run_prefill(runtime, model, tokens, trace=True)
+    if not got_trace:
+        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} records no per-layer trace")
+    return ref_trace, got_trace
+
+
 def prompt(n: int, n_vocab: int, seed: int = 0) -> tuple[int, ...]:
     """A deterministic prompt of ordinary tokens (no specials, no suppressed ids)."""
     return tuple(int(t) for t in np.random.default_rng(seed).integers(5, n_vocab - 2, n))

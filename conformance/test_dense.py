@@ -61,3 +61,23 @@ def test_reset_forgets(runtime):
     again = np.asarray(sess.prefill(toks))
     np.testing.assert_array_equal(again, first, err_msg="logits after reset() differ from a fresh session's")
 
+
+
+def test_layer_divergence(runtime, tol, metric):
+    """Every layer's traced outputs on the 48-layer schema fixture against the reference, each
+    within its depth-dependent f32 limit; the NMSE per (op, layer), and its ratio to the
+    limit, go into the results for the report's heatmap."""
+    from g4c.compare import nmse
+    from g4c.reference import TRACE_OPS
+
+    from .harness import traces
+
+    model = load_model("schema")
+    ref_trace, got_trace = traces(runtime, model, prompt(16, model.n_vocab, seed=9))
+    limits = tol.hidden_nmse(model.config)
+    table = {op: [nmse(got_trace[i, op], ref_trace[i, op]) for i in range(model.config.n_layer)] for op in TRACE_OPS}
+    metric("layer_nmse", table)
+    metric("layer_nmse_over_limit", {op: [e / limits[i, op] for i, e in enumerate(v)] for op, v in table.items()})
+    worst = max(((e / limits[i, op], i, op) for op, v in table.items() for i, e in enumerate(v)))
+    metric("worst_ratio", worst[0])
+    assert worst[0] <= 1, f"layer {worst[1]} op {worst[2]}: NMSE {table[worst[2]][worst[1]]:.3g} over its limit x{worst[0]:.3g}"

@@ -5,7 +5,7 @@ import pytest
 
 from g4c.compare import nmse
 
-from .harness import check_logits, load_model, prompt, reference_logits, run_prefill
+from .harness import check_logits, load_model, prompt, traces
 
 
 @pytest.mark.parametrize("preset", ["tiny", "schema"])
@@ -19,10 +19,7 @@ def test_k_eq_v_logits(runtime, tol, metric, preset):
 def test_k_eq_v_layer_outputs(runtime, tol, metric):
     model = load_model("tiny")
     toks = prompt(16, model.n_vocab, seed=8)
-    _, ref_trace = reference_logits(model, toks, trace=True)
-    _, got_trace = run_prefill(runtime, model, toks, trace=True)
-    if not got_trace:
-        pytest.skip(f"not supported: runtime {runtime.name} records no per-layer trace")
+    ref_trace, got_trace = traces(runtime, model, toks)
     limits = tol.hidden_nmse(model.config)
     for s in model.config.layers:
         if s.sliding:

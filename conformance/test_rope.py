@@ -25,7 +25,30 @@ N = 8
 @pytest.mark.parametrize("preset", ["tiny", "schema"])
 @pytest.mark.parametrize("last", POSITIONS)
 def test_rope_long_position(runtime, tol, metric, preset, last):
-    model = load_model(preset)
+    rep, drift, _ = _check_at(runtime, tol, load_model(preset), last)
+    metric("max_abs_dlogit", rep.max_abs)
+    metric("f32_angle_allowance", drift)
+    metric("nmse", rep.nmse)
+
+
+# the drift curve of the report: 0 to 262143, denser where the f32 angle error starts to show
+CURVE = [N - 1, 1024, 4096, 16384, 32768, 65536, 98304, 131072, 163840, 196608, 229376, 262143]
+
+
+def test_rope_drift_curve(runtime, tol, metric):
+    """Logit error against position on the tiny fixture, each point held to the same limit as
+    test_rope_long_position; the curve goes into the results for the report's drift plot."""
+    curve = []
+    for last in CURVE:
+        rep, drift, limit = _check_at(runtime, tol, load_model("tiny"), last)
+        curve.append({"position": last, "max_abs_dlogit": rep.max_abs, "f32_angle_allowance": drift, "limit": limit})
+    metric("drift_curve", curve)
+    metric("max_abs_dlogit_at_262143", curve[-1]["max_abs_dlogit"])
+
+
+def _check_at(runtime, tol, model, last):
+    """Runtime logits of an 8-token prompt ending at `last` against the float64 reference,
+    allowing the measured f32-angle drift; returns (report, allowance, max |delta| limit)."""
     toks = prompt(N, model.n_vocab, seed=5)
     start = last - N + 1
     ref, ref_trace = reference_logits(model, toks, start, trace=True)
@@ -39,9 +62,7 @@ def test_rope_long_position(runtime, tol, metric, preset, last):
     rep = assert_logits_close(got, ref, _loosened(tol, ref, base + drift), base + drift, np.arange(start, last + 1),
                               got_trace=got_trace, ref_trace=ref_trace, hidden_nmse=hidden,
                               what=f"logits at positions {start}..{last}")
-    metric("max_abs_dlogit", rep.max_abs)
-    metric("f32_angle_allowance", drift)
-    metric("nmse", rep.nmse)
+    return rep, drift, base + drift
 
 
 def _loosened(tol, ref, max_abs):

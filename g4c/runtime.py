@@ -77,6 +77,21 @@ def discover() -> dict[str, Runtime]:
     return dict(sorted(found.items()))
 
 
+def select(asked: Sequence[str]) -> dict[str, Runtime]:
+    """The runtimes a run covers: those asked for (each must be registered and available),
+    or every registered one when none is asked for (absent ones are skipped later, with
+    their reason). Raises G4CError naming what is wrong."""
+    found = discover()
+    unknown = [r for r in asked if r not in found]
+    if unknown:
+        raise G4CError(f"unknown runtime(s) {', '.join(unknown)} (registered: {', '.join(found)})")
+    for name in asked:
+        av = found[name].availability()
+        if not av.ok:
+            raise G4CError(f"runtime {name} was asked for explicitly but is unavailable: {av.reason}")
+    return {n: found[n] for n in (asked or found)}
+
+
 def get(name: str) -> Runtime:
     runtimes = discover()
     if name not in runtimes:

@@ -44,6 +44,7 @@ def _dense_bytes(model: Model) -> int:
 
 class CpuRuntime:
     name = "cpu"
+    backend = "CPU"  # llama-bench's backend column
 
     def availability(self) -> Availability:
         return Availability(True)
@@ -51,6 +52,13 @@ class CpuRuntime:
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False,
              reserve: bool = False) -> "CpuSession":
         return CpuSession(model, max_context, n_seq, trace, reserve)
+
+    @staticmethod
+    def memory_bandwidth() -> dict:
+        """The roofline's limit: host memory read bandwidth, measured (g4c.bench)."""
+        from g4c.bench import host_read_bandwidth
+
+        return host_read_bandwidth()
 
     @staticmethod
     def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:

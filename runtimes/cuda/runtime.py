@@ -53,6 +53,7 @@ def _cupy():
 
 class CudaRuntime:
     name = "cuda"
+    backend = "CUDA"  # llama-bench's backend column
 
     def __init__(self):
         self._kernels = None
@@ -71,6 +72,24 @@ class CudaRuntime:
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "CudaSession":
         return CudaSession(self.kernels(), model, max_context, n_seq, trace)
+
+    def memory_bandwidth(self) -> dict:
+        """The roofline's limit: device-to-device copy of 1 GiB, read plus write bytes over
+        the time, best of 10 after a warm-up (what HBM moves when a kernel streams)."""
+        cp = _cupy()
+        n = 1 << 30
+        a, b = cp.empty(n, cp.uint8), cp.empty(n, cp.uint8)
+        cp.copyto(b, a)
+        best = float("inf")
+        for _ in range(10):
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            cp.copyto(b, a)
+            stop.record()
+            stop.synchronize()
+            best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
+        return {"bytes_per_s": 2 * n / best, "method": "cupy copy of 1 GiB, read + write, best of 10", "device": name}
 
     @staticmethod
     def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:

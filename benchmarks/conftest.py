@@ -1,0 +1,161 @@
+"""Throughput benchmarks (pytest-benchmark), once per available runtime.
+
+    pytest benchmarks --benchmark-only                                  tiny preset, every available runtime
+    pytest benchmarks --benchmark-only --bench-model 12b --bench-runtime cuda \\
+        --benchmark-json reports/out/bench-cuda-h100.json               the 12B-shaped fixture on a GPU
+    G4C_BENCH_MODEL=/models/gemma-4-12b-it-qat-q4_0.gguf pytest benchmarks --benchmark-only
+
+Options (each with an environment variable): --bench-model (G4C_BENCH_MODEL; a fixture
+preset or a GGUF path; default tiny), --bench-runtime (G4C_BENCH_RUNTIME, comma-separated;
+default every registered runtime, absent ones skipped with the reason), --bench-depths
+(G4C_BENCH_DEPTHS; default 1024,8192,32768), --bench-rounds (G4C_BENCH_ROUNDS; default 3),
+--bench-machine (G4C_MACHINE; the label results are merged under in reports; default the
+host name).
+
+Each benchmark stores in extra_info what the reports need: tokens/s (mean and standard
+deviation over rounds, as llama-bench), bytes read per step, the runtime's measured memory
+bandwidth and the roofline fraction (g4c.bench). The session ends with a llama-bench table.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+
+from conformance.harness import available_or_skip
+from g4c import bench
+from g4c import runtime as registry
+from g4c.errors import G4CError
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("gemma4-conformance benchmarks")
+    g.addoption("--bench-model", default=None, help="fixture preset or GGUF path (env G4C_BENCH_MODEL; default tiny)")
+    g.addoption("--bench-runtime", action="append", default=[], help="runtime to benchmark (repeatable; env G4C_BENCH_RUNTIME)")
+    g.addoption("--bench-depths", default=None, help="decode depths, comma-separated (env G4C_BENCH_DEPTHS)")
+    g.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (env G4C_BENCH_ROUNDS)")
+    g.addoption("--bench-machine", default=None, help="machine label for merged reports (env G4C_MACHINE)")
+
+
+def pytest_configure(config):
+    asked = config.getoption("--bench-runtime") or [r for r in _env("G4C_BENCH_RUNTIME", "").split(",") if r]
+    try:
+        config._g4c_bench_runtimes = registry.select(asked)
+    except G4CError as e:
+        raise pytest.UsageError(str(e)) from None
+    depths = config.getoption("--bench-depths") or _env("G4C_BENCH_DEPTHS", "1024,8192,32768")
+    try:
+        config._g4c_bench_depths = [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise pytest.UsageError(f"--bench-depths must be comma-separated integers, got {depths!r}") from None
+    config._g4c_bench_rows = []
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_runtime" in metafunc.fixturenames:
+        names = list(metafunc.config._g4c_bench_runtimes)
+        metafunc.parametrize("bench_runtime", names, indirect=True, ids=names)
+    if "depth" in metafunc.fixturenames:
+        depths = metafunc.config._g4c_bench_depths
+        metafunc.parametrize("depth", depths, ids=[f"d{d}" for d in depths])
+
+
+@pytest.fixture
+def bench_runtime(request):
+    return available_or_skip(request.config._g4c_bench_runtimes[request.param], request.param)
+
+
+@pytest.fixture(scope="session")
+def bench_model(request):
+    from g4c.model import Model
+
+    spec = request.config.getoption("--bench-model") or _env("G4C_BENCH_MODEL", "tiny")
+    if os.path.exists(spec):
+        return Model(spec)
+    import fixtures
+    from fixtures.generate import PRESETS
+
+    if spec not in PRESETS:
+        raise pytest.UsageError(f"--bench-model {spec!r} is neither a file nor a fixture preset ({', '.join(PRESETS)})")
+    return Model(fixtures.ensure(spec))
+
+
+@pytest.fixture(scope="session")
+def rounds(request):
+    return request.config.getoption("--bench-rounds") or int(_env("G4C_BENCH_ROUNDS", "3"))
+
+
+_bandwidth: dict = {}
+
+
+@pytest.fixture
+def bandwidth(bench_runtime):
+    """The runtime's memory bandwidth, measured once per session (host read bandwidth for a
+    runtime that offers no measurement of its own)."""
+    name = bench_runtime.name
+    if name not in _bandwidth:
+        measure = getattr(bench_runtime, "memory_bandwidth", None)
+        _bandwidth[name] = measure() if measure else {**bench.host_read_bandwidth(), "note": "runtime measures none; host"}
+    return _bandwidth[name]
+
+
+@pytest.fixture
+def record(request, benchmark, bench_runtime, bench_model, bandwidth):
+    """record(test, tokens_per_round, bytes_per_step, steps_per_round, **extra): after the
+    timed rounds, put throughput and roofline into extra_info and the llama-bench rows."""
+
+    def done(test: str, tokens: int, bytes_per_step: int, steps: int, **extra):
+        stats = benchmark.stats
+        if stats is None:  # --benchmark-disable: ran once, nothing measured
+            return
+        times = list(stats.stats.data)
+        rates = [tokens / t for t in times]
+        mean = sum(rates) / len(rates)
+        std = (sum((r - mean) ** 2 for r in rates) / (len(rates) - 1)) ** 0.5 if len(rates) > 1 else float("nan")
+        steps_per_s = steps * len(times) / sum(times)
+        cfg = request.config
+        machine = cfg.getoption("--bench-machine") or _env("G4C_MACHINE", platform.node())
+        info = {
+            "runtime": bench_runtime.name,
+            "backend": getattr(bench_runtime, "backend", bench_runtime.name),
+            "machine": machine,
+            "device": bandwidth.get("device", "host"),
+            "model": bench.model_label(bench_model),
+            "model_file": os.path.basename(str(bench_model.path)),
+            "size_bytes": bench_model.weight_bytes,
+            "params": bench.n_params(bench_model),
+            "test": test,
+            "tokens_per_round": tokens,
+            "tok_s": mean,
+            "tok_s_std": std,
+            "bytes_per_step": bytes_per_step,
+            "bytes_per_token": bytes_per_step * steps / tokens,
+            "achieved_bytes_per_s": bytes_per_step * steps_per_s,
+            "bandwidth_bytes_per_s": bandwidth["bytes_per_s"],
+            "bandwidth_method": bandwidth["method"],
+            "roofline_fraction": bytes_per_step * steps_per_s / bandwidth["bytes_per_s"],
+            **extra,
+        }
+        benchmark.extra_info.update(info)
+        cfg._g4c_bench_rows.append(info)
+
+    return done
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = getattr(config, "_g4c_bench_rows", [])
+    if rows:
+        terminalreporter.section("llama-bench table")
+        terminalreporter.write(bench.llama_bench_table(rows))
+        terminalreporter.section("roofline (bytes read per step x steps/s over measured bandwidth)")
+        for r in rows:
+            terminalreporter.write_line(
+                f"{r['runtime']:8s} {r['test']:14s} {r['tok_s']:10.2f} tok/s  "
+                f"{r['achieved_bytes_per_s'] / 1e9:8.3f} GB/s of {r['bandwidth_bytes_per_s'] / 1e9:.1f}  "
+                f"{100 * r['roofline_fraction']:6.2f}%")

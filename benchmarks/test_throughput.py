@@ -1,0 +1,104 @@
+"""llama-bench's tests, per runtime: pp512, tg128, tg32 at depth, batched decode N = 1, 4, 16.
+
+Timed calls return host logits, so a device runtime has finished its work when the clock
+stops. Untimed setup (pedantic's setup=) resets and refills the sequences; decode feeds
+fixed ordinary tokens, as llama-bench does, so sampling costs nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from g4c import bench
+from g4c.errors import InputError
+from g4c.plan import kv_bytes
+
+PP, TG, DEPTH_TG, BATCH_TG = 512, 128, 32, 32
+
+
+def _tokens(model, n: int, seed: int = 0) -> list[int]:
+    # ordinary ids: above the specials (< 5), below the vocabulary's end
+    return [int(t) for t in np.random.default_rng(seed).integers(5, model.n_vocab - 2, n)]
+
+
+def _kv_read(runtime, model, depth: int, n_seq: int = 1) -> int:
+    """KV bytes a decode step at this depth reads: the runtime's own planned cache there
+    (its element size), or an f32 cache when it plans nothing."""
+    planner = getattr(runtime, "memory_plan", None)
+    return planner(model, depth, n_seq).kv if planner else kv_bytes(model.config, depth, n_seq)
+
+
+def _load(runtime, model, max_context: int, n_seq: int = 1):
+    if max_context > model.config.n_ctx_train:
+        pytest.skip(f"needs a context of {max_context}; the model's context_length is {model.config.n_ctx_train}")
+    try:
+        return runtime.load(model, max_context, n_seq)
+    except InputError as e:  # the runtime's own memory check: does not fit here
+        pytest.skip(f"does not fit on this machine: {e}")
+
+
+def test_pp512(benchmark, bench_runtime, bench_model, rounds, record):
+    sess = _load(bench_runtime, bench_model, PP)
+    toks = _tokens(bench_model, PP)
+    benchmark.pedantic(lambda: sess.prefill(toks, 0, all_logits=False), setup=sess.reset,
+                       rounds=rounds, warmup_rounds=1)
+    record(f"pp{PP}", PP, bench.decode_weight_bytes(bench_model), 1)
+
+
+def test_tg128(benchmark, bench_runtime, bench_model, rounds, record):
+    sess = _load(bench_runtime, bench_model, TG + 1)
+    toks = _tokens(bench_model, TG + 1, seed=1)
+
+    def setup():
+        sess.reset()
+        sess.prefill(toks[:1], 0, all_logits=False)
+
+    def run():
+        for t in toks[1:]:
+            sess.decode([t])
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    # mean depth TG/2: the KV read is small beside the weights, counted all the same
+    record(f"tg{TG}", TG, bench.decode_weight_bytes(bench_model) + _kv_read(bench_runtime, bench_model, TG // 2), TG)
+
+
+def test_tg_at_depth(benchmark, bench_runtime, bench_model, rounds, record, depth):
+    """tg32 after a prompt of `depth` tokens. Rounds continue the same sequence (no rewind, no
+    re-prefill), so round r decodes at depth + 32 r, as llama-bench's tg at -d does."""
+    n_decode = DEPTH_TG * (rounds + 1)
+    sess = _load(bench_runtime, bench_model, depth + n_decode)
+    sess.prefill(_tokens(bench_model, depth, seed=2), 0, all_logits=False)
+    toks = _tokens(bench_model, DEPTH_TG, seed=3)
+
+    def run():
+        for t in toks:
+            sess.decode([t])
+
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    kv = _kv_read(bench_runtime, bench_model, depth + n_decode // 2)
+    record(f"tg{DEPTH_TG} @ d{depth}", DEPTH_TG, bench.decode_weight_bytes(bench_model) + kv, DEPTH_TG,
+           depth=depth, kv_bytes_per_step=kv)
+
+
+@pytest.mark.parametrize("n_seq", [1, 4, 16], ids=lambda n: f"N{n}")
+def test_batched_decode(benchmark, bench_runtime, bench_model, rounds, record, n_seq):
+    """N independent sequences decoded together: tokens/s summed over sequences. A runtime
+    that reads each weight once per step for all N turns N into throughput."""
+    sess = _load(bench_runtime, bench_model, BATCH_TG + 1, n_seq)
+    first = _tokens(bench_model, n_seq, seed=4)
+    steps = [_tokens(bench_model, n_seq, seed=5 + i) for i in range(BATCH_TG)]
+
+    def setup():
+        sess.reset()
+        for s in range(n_seq):
+            sess.prefill([first[s]], 0, seq=s, all_logits=False)
+
+    def run():
+        for t in steps:
+            sess.decode(t)
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    kv = _kv_read(bench_runtime, bench_model, BATCH_TG // 2, n_seq)
+    record(f"tg{BATCH_TG} x{n_seq}", n_seq * BATCH_TG, bench.decode_weight_bytes(bench_model) + kv, BATCH_TG,
+           n_seq=n_seq)
