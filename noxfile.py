@@ -15,7 +15,9 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]"}  # runtime -> what its session installs
+RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]"}
+# llama-cpp-python builds its vendored llama.cpp from source (CPU, ~6 to 25 min on 2 cores)
+LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"  # runtime -> what its session installs
 
 
 def _machine() -> str:
@@ -60,7 +62,7 @@ def report(session):
 
 def _conformance(runtime, extras):
     def run(session):
-        session.install("-e", extras)
+        session.install("-e", extras, env={"CMAKE_ARGS": LLAMACPP_CMAKE})
         os.makedirs("reports/out", exist_ok=True)
         session.run("python", "-m", "pytest", "conformance", "--runtime", runtime,
                     "--results-json", f"reports/out/conformance-{runtime}.json", *session.posargs)
@@ -71,6 +73,20 @@ def _conformance(runtime, extras):
 
 for _rt, _extras in RUNTIMES.items():
     nox.session(name=f"conformance-{_rt}")(_conformance(_rt, _extras))
+
+
+@nox.session(name="parity-llamacpp")
+def parity_llamacpp(session):
+    """Build llama.cpp (llama-cpp-python's sdist), write its goldens live into
+    reports/out/llamacpp-goldens, and compare every runtime with them: the tiny fixtures in
+    five weight types and the real Gemma 3 270M, greedy tokens, top-1, tokenizer ids."""
+    session.install("-e", ".[dev,llamacpp]", env={"CMAKE_ARGS": LLAMACPP_CMAKE})
+    live = "reports/out/llamacpp-goldens"
+    session.run("python", "-m", "fixtures.llamacpp", "--out", live)
+    env = {"G4C_LLAMACPP_GOLDENS": live}
+    session.run("python", "-m", "pytest", "tests/test_tokenizer.py", *session.posargs, env=env)
+    session.run("python", "-m", "pytest", "conformance/test_llamacpp_parity.py", "--results-json",
+                "reports/out/parity-llamacpp.json", *session.posargs, env=env)
 
 
 @nox.session

@@ -6,8 +6,9 @@
     pytest conformance --fault NAME         a deliberately broken CPU variant (see faults.py)
     pytest conformance --results-json F     outcomes and metrics per test, for reports
 
-Four outcomes are kept apart: passed, failed, not_supported (the runtime declares it lacks
-a feature) and skipped (device absent).
+Five outcomes are kept apart: passed, failed, departure (the runtime declares, with the spec
+section, why it departs from the reference there; a strict xfail), not_supported (the
+runtime declares it lacks a feature) and skipped (device absent).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from g4c import runtime as registry
 from g4c import tolerance
 from g4c.errors import G4CError
 
+from g4c.results import departure, split_nodeid
+
 from .harness import NOT_SUPPORTED, available_or_skip
+
+DEPARTURE = "departure:"
+OUTCOMES = ("passed", "failed", "departure", "skipped", "not_supported")
 
 
 def pytest_addoption(parser):
@@ -67,6 +73,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("runtime", names, indirect=True, ids=names)
 
 
+def pytest_collection_modifyitems(config, items):
+    """A runtime's declared departures (g4c.results.departure) become strict xfails: the test
+    still runs, a failure is recorded as a departure with the declared reason, and a pass
+    fails the run (the declaration is stale)."""
+    for item in items:
+        name = getattr(item, "callspec", None) and item.callspec.params.get("runtime")
+        if name not in config._g4c_runtimes:
+            continue
+        reason = departure(config._g4c_runtimes[name], split_nodeid(item.nodeid, config._g4c_runtimes)[1])
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=f"{DEPARTURE} {reason}", strict=True, raises=(AssertionError, G4CError)))
+
+
 @pytest.fixture
 def runtime(request):
     return available_or_skip(request.config._g4c_runtimes[request.param], request.param)
@@ -99,7 +118,9 @@ def metric(request):
 
 def pytest_runtest_logreport(report):
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        if report.outcome == "skipped":
+        if hasattr(report, "wasxfail") and report.outcome == "skipped":
+            reason, outcome = report.wasxfail.removeprefix("reason: ").removeprefix(DEPARTURE).strip(), "departure"
+        elif report.outcome == "skipped":
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             reason = reason.removeprefix("Skipped: ")
             outcome = "not_supported" if reason.startswith(NOT_SUPPORTED) else "skipped"
@@ -119,7 +140,7 @@ _results: dict = {}
 
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
-    counts = {k: sum(1 for r in _results.values() if r["outcome"] == k) for k in ("passed", "failed", "skipped", "not_supported")}
+    counts = {k: sum(1 for r in _results.values() if r["outcome"] == k) for k in OUTCOMES}
     if config._g4c_explicit and exitstatus in (0, 5) and counts["passed"] == 0:
         session.exitstatus = 1
         config._g4c_empty = True

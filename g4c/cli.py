@@ -2,7 +2,8 @@
 
     g4c run [--runtime R] [--model FILE]     conformance of the available runtimes
     g4c header MODEL.gguf                    the Phase 0 markdown header dump
-    g4c generate MODEL.gguf --tokens 2,818   greedy tokens from a runtime
+    g4c generate MODEL.gguf --text "..."     greedy generation (--chat "..." through the chat template, --tokens ids)
+    g4c golden MODEL.gguf --text "..." --out F.json   greedy tokens, top-k logits and ids from llama.cpp
     g4c fixture PRESET [--type T]            write a synthetic Gemma 4 GGUF (12b: ~7 GB)
     g4c check MODEL.gguf                     validate a file and scan every weight for NaN/inf
     g4c plan MODEL.gguf --memory 12GiB       memory per runtime and the largest context that fits
@@ -38,12 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("header", help="print the markdown header dump of a GGUF")
     p.add_argument("model")
 
-    p = sub.add_parser("generate", help="greedy generation from token ids")
+    p = sub.add_parser("generate", help="greedy generation from text, a chat message or token ids")
     p.add_argument("model")
-    p.add_argument("--tokens", required=True, help="comma-separated prompt token ids")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="prompt text, tokenized by the file's own vocabulary (BOS added)")
+    src.add_argument("--chat", help="a user message, rendered through tokenizer.chat_template")
+    src.add_argument("--tokens", help="comma-separated prompt token ids")
     p.add_argument("-n", type=int, default=32, help="tokens to generate (default: %(default)s)")
     p.add_argument("--runtime", default="cpu")
     p.add_argument("--max-context", type=int, default=4096)
+
+    p = sub.add_parser("golden", help="write a golden file from llama.cpp (needs the llamacpp extra)")
+    p.add_argument("model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="prompt text, tokenized by llama.cpp")
+    src.add_argument("--tokens", help="comma-separated prompt token ids")
+    p.add_argument("-n", type=int, default=32, help="greedy tokens (default: %(default)s)")
+    p.add_argument("--strings", help="JSON list of strings whose llama.cpp token ids go into the golden too")
+    p.add_argument("--out", required=True)
 
     p = sub.add_parser("fixture", help="write a synthetic Gemma 4 GGUF")
     p.add_argument("preset")
@@ -142,6 +155,13 @@ def cmd_fixture(args) -> int:
     return 0
 
 
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise G4CError(f"--tokens must be comma-separated integers, got {text!r}") from None
+
+
 def cmd_generate(args) -> int:
     import numpy as np
 
@@ -150,10 +170,18 @@ def cmd_generate(args) -> int:
     from .runtime import get
 
     model = Model(args.model)
-    try:
-        prompt = [int(t) for t in args.tokens.split(",") if t.strip()]
-    except ValueError:
-        raise G4CError(f"--tokens must be comma-separated integers, got {args.tokens!r}") from None
+    tok = None
+    if args.tokens:
+        prompt = _ids(args.tokens)
+    else:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer(model)
+        if args.chat:
+            rendered = tok.apply_chat_template([{"role": "user", "content": args.chat}])
+            prompt = tok.encode(rendered, add_bos=False)  # the template writes BOS itself
+        else:
+            prompt = tok.encode(args.text)
     rt = get(args.runtime)
     av = rt.availability()
     if not av.ok:
@@ -163,24 +191,46 @@ def cmd_generate(args) -> int:
     sess.prefill(prompt)
     t1 = time.perf_counter()
     out: list[int] = []
-    pieces = _vocab(model)
+    stop = tok.eog_ids if tok else frozenset(model.config.eos_ids)
     for i in range(args.n):
-        tok = argmax_allowed(np.asarray(sess.logits, np.float64), model.config.suppress_tokens)
-        out.append(tok)
-        if tok in model.config.eos_ids or i == args.n - 1:
+        t = argmax_allowed(np.asarray(sess.logits, np.float64), model.config.suppress_tokens)
+        out.append(t)
+        if t in stop or i == args.n - 1:
             break
-        sess.decode([tok])
+        sess.decode([t])
     t2 = time.perf_counter()
+    print("prompt:", ",".join(map(str, prompt)))
     print("tokens:", ",".join(map(str, out)))
-    if pieces:
-        print("pieces:", "".join(pieces[t] if t < len(pieces) else f"<{t}>" for t in out).replace("▁", " "))
-    print(f"prefill {len(prompt)} tokens {t1 - t0:.2f} s; decode {len(out) - 1} tokens {t2 - t1:.2f} s", file=sys.stderr)
+    if tok is not None:
+        print("text:", tok.decode([t for t in out if t not in stop]))
+    else:
+        pieces = _vocab(model)
+        if pieces:
+            print("pieces:", "".join(pieces[t] if t < len(pieces) else f"<{t}>" for t in out).replace("▁", " "))
+    ended = "end of generation token" if out and out[-1] in stop else f"{args.n} tokens"
+    print(f"prefill {len(prompt)} tokens {t1 - t0:.2f} s; decode {len(out) - 1} tokens {t2 - t1:.2f} s; stopped at {ended}",
+          file=sys.stderr)
     return 0
 
 
 def _vocab(model) -> list[str] | None:
     mv = model.metadata.get("tokenizer.ggml.tokens")
     return mv.value if mv is not None else None
+
+
+def cmd_golden(args) -> int:
+    from fixtures import llamacpp
+
+    strings = None
+    if args.strings:
+        try:
+            strings = json.loads(Path(args.strings).read_text())
+        except (OSError, ValueError) as e:
+            raise G4CError(f"--strings {args.strings}: {e}") from None
+    doc = llamacpp.build(Path(args.model), None if args.text else _ids(args.tokens), args.n, args.text, strings)
+    llamacpp.write(doc, Path(args.out))
+    print(f"{args.out}: {len(doc['greedy'])} greedy tokens from {doc['engine']} (KV {doc['kv_type']})")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -213,25 +263,25 @@ def cmd_run(args) -> int:
 
 
 def _print_summary(path: str) -> None:
+    from .results import split_nodeid
+
     with open(path) as f:
         doc = json.load(f)
+    kinds = ("passed", "failed", "departure", "not_supported", "skipped")
     by_rt: dict[str, dict[str, int]] = {}
     for nodeid, r in doc["tests"].items():
-        rt = nodeid.split("[", 1)[1].split("-", 1)[0].rstrip("]") if "[" in nodeid else "-"
-        if rt not in doc["runtimes"]:
-            rt = "-"
+        rt = split_nodeid(nodeid, doc["runtimes"])[0]
         by_rt.setdefault(rt, {}).setdefault(r["outcome"], 0)
         by_rt[rt][r["outcome"]] += 1
     print()
-    print("| runtime | passed | failed | not supported | skipped |")
-    print("|---|---|---|---|---|")
+    print("| runtime | passed | failed | departure | not supported | skipped |")
+    print("|---|---|---|---|---|---|")
     for rt, c in sorted(by_rt.items()):
-        label = "(model layer)" if rt == "-" else rt
-        print(f"| {label} | {c.get('passed', 0)} | {c.get('failed', 0)} | {c.get('not_supported', 0)} | {c.get('skipped', 0)} |")
+        print(f"| {rt} | " + " | ".join(str(c.get(k, 0)) for k in kinds) + " |")
     print(f"\nresults: {path}")
 
 
-COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "fixture": cmd_fixture, "plan": cmd_plan, "check": cmd_check,
+COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "golden": cmd_golden, "fixture": cmd_fixture, "plan": cmd_plan, "check": cmd_check,
             "runtimes": cmd_runtimes}
 
 

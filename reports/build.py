@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from g4c.bench import fmt_params, fmt_size, llama_bench_table, params_label  # noqa: E402
+from g4c.results import NO_RUNTIME, split_nodeid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_INPUTS = [ROOT / "data", ROOT / "out"]
@@ -151,26 +151,13 @@ def _fill_roofline(res: Results) -> None:
 
 # -- conformance -------------------------------------------------------------------------------
 
-def _split_nodeid(nodeid: str, runtimes) -> tuple[str, str]:
-    """('cpu', 'test_dense.py::test_dense_logits[12b-like]') from a node id parametrized by runtime first."""
-    path, _, name = nodeid.partition("::")
-    base = f"{os.path.basename(path)}::{name}"
-    m = re.match(r"(.*)\[([^\]]*)\]$", base)
-    if m:
-        params = m.group(2).split("-", 1)
-        if params[0] in runtimes:
-            rest = params[1] if len(params) > 1 else ""
-            return params[0], f"{m.group(1)}[{rest}]" if rest else m.group(1)
-    return "(model checks)", base
-
-
 def conformance_frame(res: Results) -> pd.DataFrame:
     rows = []
     for c in res.conformance:
         doc = c["doc"]
         for nodeid, r in doc["tests"].items():
-            rt, test = _split_nodeid(nodeid, doc["runtimes"])
-            if rt != "(model checks)" and not doc["runtimes"][rt]["available"]:
+            rt, test = split_nodeid(nodeid, doc["runtimes"])
+            if rt != NO_RUNTIME and not doc["runtimes"][rt]["available"]:
                 continue  # listed under "not run", with the reason
             rows.append({"column": f"{rt} @ {c['machine']}", "runtime": rt, "machine": c["machine"], "test": test,
                          "outcome": r["outcome"], "metrics": r.get("metrics", {}),
@@ -213,7 +200,7 @@ def counts(df: pd.DataFrame) -> list[dict]:
     if df.empty:
         return []
     t = df.groupby(["column", "outcome"]).size().unstack(fill_value=0)
-    return [{"column": col, **{k: int(t.loc[col].get(k, 0)) for k in ("passed", "failed", "not_supported", "skipped")}}
+    return [{"column": col, **{k: int(t.loc[col].get(k, 0)) for k in ("passed", "failed", "departure", "not_supported", "skipped")}}
             for col in t.index]
 
 
