@@ -152,3 +152,29 @@ def check_decode(n_tokens: int, next_positions: np.ndarray, max_context: int) ->
         raise InputError(f"decode takes one token per sequence: got {n_tokens}, n_seq is {len(next_positions)}")
     if (np.asarray(next_positions) >= max_context).any():
         raise InputError(f"context full: position {int(np.max(next_positions))} is past max_context {max_context}")
+
+
+# The prefill/decode bookkeeping of a runtime whose session keeps next_pos, _last and a
+# _forward(toks, seqs, pos, all_logits) over rows of several sequences (cpu, vulkan).
+
+
+def run_microbatches(forward, toks: np.ndarray, seq: int, pos: np.ndarray, all_logits: bool, ubatch: int) -> np.ndarray:
+    """forward over micro-batches of at most ubatch rows, each attending to the cache the
+    previous ones wrote; logits of every row, or of the last."""
+    parts = []
+    for a in range(0, len(toks), ubatch):
+        last = a + ubatch >= len(toks)
+        sl = slice(a, a + ubatch)
+        parts.append(forward(toks[sl], np.full(len(toks[sl]), seq), pos[sl], all_logits or not last))
+    return np.concatenate(parts) if all_logits else parts[-1]
+
+
+def decode_step(session, tokens: Sequence[int]) -> np.ndarray:
+    """One token per sequence at its next position, through session._forward."""
+    toks = check_tokens(tokens, session.n_vocab)
+    pos = np.array(session.next_pos)
+    check_decode(len(toks), pos, session.max_context)
+    logits = session._forward(toks, np.arange(session.n_seq), pos, True)
+    session.next_pos = [p + 1 for p in session.next_pos]
+    session._last[:] = logits
+    return logits

@@ -46,9 +46,22 @@ def test_matvec(dev, qtype, n_seq):
     w, bx, by = dev.buffer(raw.nbytes), dev.buffer(x.nbytes), dev.buffer(n_seq * rows * 4)
     w.write(raw)
     bx.write(x)
-    dev.run(dev.pipeline("matvec", {"TYPE": int(t)}, 3, 4), [w, bx, by], [rows, cols, raw.shape[1], n_seq], (rows, 1, 1))
+    dev.run(dev.pipeline("matvec", {"TYPE": int(t)}, 3, 7), [w, bx, by], [rows, cols, raw.shape[1], n_seq, 0, 0, rows],
+            (-(-rows // 8), 1, 1))
     got = by.read(np.float32, n_seq * rows).reshape(n_seq, rows).astype(np.float64)
     want = x.astype(np.float64) @ oracle.T
     e = float(np.sum((got - want) ** 2) / np.sum(want ** 2))
     # f32 dot products of length K: NMSE about K u^2, far below op_nmse (1e-10, as llama.cpp's test-backend-ops 1e-7 scaled)
     assert e <= F32.op_nmse, f"matvec {qtype}: NMSE {e:.3g} > {F32.op_nmse:g}; worst row {int(np.abs(got - want).max(0).argmax())}"
+
+
+def test_descriptor_sets_follow_new_buffers(dev):
+    """Buffers made after others were collected get fresh descriptor sets (a cache keyed by
+    Python id() bound a new buffer's dispatch to a freed one: wrong logits at long positions)."""
+    p = dev.pipeline("elementwise", {}, 2, 5)
+    for value in (1.0, 2.0, 3.0):
+        a, b = dev.buffer(256), dev.buffer(256)
+        b.write(np.full(64, value, np.float32))
+        dev.run(p, [a, b], [64, 4, 0.0, 0, 0], (1, 1, 1))  # mode 4: copy b into a
+        assert (a.read(np.float32, 64) == value).all(), f"copy of {value} read back {a.read(np.float32, 4)}"
+        del a, b

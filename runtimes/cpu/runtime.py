@@ -18,7 +18,7 @@ from g4c import quants
 from g4c.config import LayerSpec
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
-from g4c.runtime import Availability, check_decode, check_load, check_prefill, check_seq, check_tokens
+from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, run_microbatches
 
 from . import ops
 
@@ -229,24 +229,13 @@ class CpuSession:
         for cache in self.caches[seq]:
             cache.truncate(start_pos)
         pos = start_pos + np.arange(len(toks))
-        parts = []
-        for a in range(0, len(toks), UBATCH):  # micro-batches: each attends to the cache of the ones before
-            last = a + UBATCH >= len(toks)
-            parts.append(self._forward(toks[a:a + UBATCH], np.full(len(toks[a:a + UBATCH]), seq), pos[a:a + UBATCH],
-                                       all_logits or not last))
-        logits = np.concatenate(parts) if all_logits else parts[-1]
+        logits = run_microbatches(self._forward, toks, seq, pos, all_logits, UBATCH)
         self.next_pos[seq] = start_pos + len(toks)
         self._last[seq] = logits[-1]
         return logits
 
     def decode(self, tokens: Sequence[int]) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        pos = np.array(self.next_pos)
-        check_decode(len(toks), pos, self.max_context)
-        logits = self._forward(toks, np.arange(self.n_seq), pos, True)
-        self.next_pos = [p + 1 for p in self.next_pos]
-        self._last[:] = logits
-        return logits
+        return decode_step(self, tokens)
 
     # -- forward -------------------------------------------------------------------------
     def _matrix(self, name: str) -> _Matrix:

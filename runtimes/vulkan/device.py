@@ -10,6 +10,7 @@ $G4C_CACHE/spirv (no binaries are committed).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -63,11 +64,18 @@ def compile_shader(name: str, defines: dict[str, int | str]) -> bytes:
     return out.read_bytes()
 
 
+_serial = itertools.count()
+
+
 class Buffer:
-    """A host-visible, coherent storage buffer (lavapipe's memory is host memory anyway)."""
+    """A host-visible, coherent storage buffer (lavapipe's memory is host memory anyway).
+    `key` is unique for the life of the process (Python ids are reused after collection, and
+    cached descriptor sets must never bind a newer buffer's id to an older VkBuffer)."""
 
     def __init__(self, dev: "Device", nbytes: int):
         vk = dev.vk
+        self.key = next(_serial)
+        self.mem = None
         self.dev, self.nbytes = dev, max(4, int(nbytes))
         if self.nbytes > dev.max_binding:
             raise G4CError(f"buffer of {self.nbytes} bytes exceeds the device's storage binding limit of {dev.max_binding} "
@@ -90,13 +98,24 @@ class Buffer:
     def _view(self) -> np.ndarray:
         return np.frombuffer(self._map, np.uint8, self.nbytes)
 
+    def view(self, dtype) -> np.ndarray:
+        """The mapped memory as a writable numpy array (host-visible, coherent)."""
+        return self._view().view(dtype)
+
     def read(self, dtype=np.float32, count: int | None = None) -> np.ndarray:
         v = self._view().view(dtype)
         return np.array(v if count is None else v[:count])
 
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # interpreter shutdown: the binding may be gone already
+            pass
+
     def free(self) -> None:
         vk = self.dev.vk
         if self.mem is not None:
+            self.dev.forget([self])
             vk.vkUnmapMemory(self.dev.device, self.mem)
             vk.vkDestroyBuffer(self.dev.device, self.buf, None)
             vk.vkFreeMemory(self.dev.device, self.mem, None)
@@ -104,7 +123,7 @@ class Buffer:
 
 
 class Pipeline:
-    """A compute pipeline: n storage-buffer bindings and up to 8 uint push constants."""
+    """A compute pipeline: n storage-buffer bindings and n 32-bit push constants."""
 
     def __init__(self, dev: "Device", spirv: bytes, n_bindings: int, n_push: int):
         vk = dev.vk
@@ -122,26 +141,15 @@ class Pipeline:
         stage = vk.VkPipelineShaderStageCreateInfo(stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=self.module, pName="main")
         self.pipeline = vk.vkCreateComputePipelines(dev.device, None, 1, [vk.VkComputePipelineCreateInfo(
             stage=stage, layout=self.layout)], None)[0]
-        self.pool = vk.vkCreateDescriptorPool(dev.device, vk.VkDescriptorPoolCreateInfo(
-            maxSets=1, poolSizeCount=1, flags=vk.VK_DESCRIPTOR_POOL_CREATE_FREE_DESCRIPTOR_SET_BIT,
-            pPoolSizes=[vk.VkDescriptorPoolSize(type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=n_bindings)]), None)
-        self.set = vk.vkAllocateDescriptorSets(dev.device, vk.VkDescriptorSetAllocateInfo(
-            descriptorPool=self.pool, descriptorSetCount=1, pSetLayouts=[self.set_layout]))[0]
-
-    def bind(self, buffers: list[Buffer]) -> None:
-        vk = self.dev.vk
-        writes = [vk.VkWriteDescriptorSet(dstSet=self.set, dstBinding=i, descriptorCount=1,
-                                          descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                          pBufferInfo=[vk.VkDescriptorBufferInfo(buffer=b.buf, offset=0, range=b.nbytes)])
-                  for i, b in enumerate(buffers)]
-        vk.vkUpdateDescriptorSets(self.dev.device, len(writes), writes, 0, None)
-
-    def record(self, cb, push: list[int], groups: tuple[int, int, int]) -> None:
+    def record(self, cb, buffers: list[Buffer], push: list, groups: tuple[int, int, int]) -> None:
+        """Bind, push constants (ints, or floats passed as their f32 bits), dispatch."""
         vk, ffi = self.dev.vk, self.dev.ffi
+        ds = self.dev.descriptor_set(self, buffers)
         vk.vkCmdBindPipeline(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, self.pipeline)
-        vk.vkCmdBindDescriptorSets(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, self.layout, 0, 1, [self.set], 0, None)
+        vk.vkCmdBindDescriptorSets(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, self.layout, 0, 1, [ds], 0, None)
         if self.n_push:
-            data = ffi.new("uint32_t[]", [int(v) for v in push] + [0] * (self.n_push - len(push)))
+            words = [int(np.float32(v).view(np.uint32)) if isinstance(v, float) else int(v) for v in push]
+            data = ffi.new("uint32_t[]", words + [0] * (self.n_push - len(words)))
             vk.vkCmdPushConstants(cb, self.layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, 4 * self.n_push, data)
         vk.vkCmdDispatch(cb, *groups)
 
@@ -171,6 +179,7 @@ class Device:
             idx = discrete[0] if discrete else 0
         self.physical, self.name = physical[idx], names[idx]
         self.max_binding = int(props[idx].limits.maxStorageBufferRange)
+        self.is_cpu = props[idx].deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_CPU
         families = vk.vkGetPhysicalDeviceQueueFamilyProperties(self.physical)
         self.family = next(i for i, f in enumerate(families) if f.queueFlags & vk.VK_QUEUE_COMPUTE_BIT)
         self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(
@@ -180,10 +189,63 @@ class Device:
         self.cmd_pool = vk.vkCreateCommandPool(self.device, vk.VkCommandPoolCreateInfo(
             queueFamilyIndex=self.family, flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT), None)
         self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
+        self._pools: list = []
+        self._sets: dict = {}
+        self._free_sets: list = []  # sets whose buffers are gone (never rebound: pools are not freeable here)
+        self._pipelines: dict = {}
 
     @cached_property
     def memory_properties(self):
         return self.vk.vkGetPhysicalDeviceMemoryProperties(self.physical)
+
+    def descriptor_set(self, pipeline: Pipeline, buffers: list[Buffer]):
+        """A descriptor set binding these buffers to this pipeline's layout, made once."""
+        vk = self.vk
+        key = (id(pipeline), tuple(b.key for b in buffers))
+        ds = self._sets.get(key)
+        if ds is not None:
+            return ds
+        for _ in range(2):
+            try:
+                ds = vk.vkAllocateDescriptorSets(self.device, vk.VkDescriptorSetAllocateInfo(
+                    descriptorPool=self._pools[-1], descriptorSetCount=1, pSetLayouts=[pipeline.set_layout]))[0]
+                break
+            except (vk.VkErrorOutOfPoolMemory, vk.VkErrorFragmentedPool, IndexError):
+                self._pools.append(vk.vkCreateDescriptorPool(self.device, vk.VkDescriptorPoolCreateInfo(
+                    maxSets=1024, poolSizeCount=1, pPoolSizes=[vk.VkDescriptorPoolSize(
+                        type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=8192)]), None))
+        writes = [vk.VkWriteDescriptorSet(dstSet=ds, dstBinding=i, descriptorCount=1,
+                                          descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                          pBufferInfo=[vk.VkDescriptorBufferInfo(buffer=b.buf, offset=0, range=b.nbytes)])
+                  for i, b in enumerate(buffers)]
+        vk.vkUpdateDescriptorSets(self.device, len(writes), writes, 0, None)
+        self._sets[key] = ds
+        return ds
+
+    def forget(self, buffers: list[Buffer]) -> None:
+        """Drop cached descriptor sets naming these buffers (before they are freed)."""
+        keys = {b.key for b in buffers}
+        stale = [k for k in self._sets if keys & set(k[1])]
+        for k in stale:
+            self._free_sets.append(self._sets.pop(k))
+
+    def barrier(self, cb) -> None:
+        vk = self.vk
+        mb = vk.VkMemoryBarrier(srcAccessMask=vk.VK_ACCESS_SHADER_WRITE_BIT | vk.VK_ACCESS_HOST_WRITE_BIT,
+                                dstAccessMask=vk.VK_ACCESS_SHADER_READ_BIT | vk.VK_ACCESS_SHADER_WRITE_BIT)
+        vk.vkCmdPipelineBarrier(cb, vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                                0, 1, [mb], 0, None, 0, None)
+
+    def available_memory(self) -> int:
+        """Bytes the session may plan on: host memory on a CPU device (lavapipe), else the
+        device-local heaps."""
+        from g4c.plan import available_host_memory
+
+        if self.is_cpu:
+            return available_host_memory()
+        mp = self.memory_properties
+        return sum(mp.memoryHeaps[i].size for i in range(mp.memoryHeapCount)
+                   if mp.memoryHeaps[i].flags & self.vk.VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
 
     def memory_type(self, bits: int, want: int) -> int:
         mp = self.memory_properties
@@ -196,7 +258,10 @@ class Device:
         return Buffer(self, nbytes)
 
     def pipeline(self, name: str, defines: dict, n_bindings: int, n_push: int) -> Pipeline:
-        return Pipeline(self, compile_shader(name, defines), n_bindings, n_push)
+        key = (name, tuple(sorted(defines.items())))
+        if key not in self._pipelines:
+            self._pipelines[key] = Pipeline(self, compile_shader(name, defines), n_bindings, n_push)
+        return self._pipelines[key]
 
     def command_buffer(self):
         vk = self.vk
@@ -208,15 +273,17 @@ class Device:
         vk = self.vk
         vk.vkResetFences(self.device, 1, [self.fence])
         vk.vkQueueSubmit(self.queue, 1, [vk.VkSubmitInfo(commandBufferCount=1, pCommandBuffers=[cb])], self.fence)
-        vk.vkWaitForFences(self.device, 1, [self.fence], vk.VK_TRUE, 60 * 10**9)
+        try:
+            vk.vkWaitForFences(self.device, 1, [self.fence], vk.VK_TRUE, 1800 * 10**9)
+        except vk.VkTimeout:
+            raise G4CError(f"{self.name}: a command buffer did not finish within 30 minutes") from None
 
     def run(self, pipeline: Pipeline, buffers: list[Buffer], push: list[int], groups: tuple[int, int, int]) -> None:
         """One dispatch, recorded, submitted and waited for (op-level use; a forward records many)."""
         vk = self.vk
-        pipeline.bind(buffers)
         cb = self.command_buffer()
         vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
-        pipeline.record(cb, push, groups)
+        pipeline.record(cb, buffers, push, groups)
         vk.vkEndCommandBuffer(cb)
         self.submit(cb)
         vk.vkFreeCommandBuffers(self.device, self.cmd_pool, 1, [cb])

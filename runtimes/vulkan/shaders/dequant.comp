@@ -13,5 +13,7 @@ void main() {
     uint units = p.n_cols / 32u;
     if (g >= p.n_rows * units) return;
     uint r = g / units, u = g % units;
-    for (uint i = 0u; i < 32u; i++) o[r * p.n_cols + u * 32u + i] = load_weight(r * p.row_bytes, u, i);
+    float w[32];
+    load_unit(r * p.row_bytes, u, w);
+    for (uint i = 0u; i < 32u; i++) o[r * p.n_cols + u * 32u + i] = w[i];
 }

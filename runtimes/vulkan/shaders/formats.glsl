@@ -69,3 +69,55 @@ float load_weight(uint row, uint u, uint i) {
 #error unknown TYPE
 #endif
 }
+
+// the 32 weights of unit u, block header decoded once
+void load_unit(uint row, uint u, out float w[32]) {
+#if TYPE == T_Q8_0
+    uint b = row + u * 34u;
+    float d = wq_f16(b);
+    for (uint i = 0u; i < 32u; i++) w[i] = d * float(wq_i8(b + 2u + i));
+#elif TYPE == T_Q4_0
+    uint b = row + u * 18u;
+    float d = wq_f16(b);
+    for (uint i = 0u; i < 16u; i++) {
+        uint q = wq_byte(b + 2u + i);
+        w[i] = d * float(int(q & 0xFu) - 8);
+        w[i + 16u] = d * float(int(q >> 4) - 8);
+    }
+#elif TYPE == T_Q5_0
+    uint b = row + u * 22u;
+    float d = wq_f16(b);
+    uint qh = wq_u32(b + 2u);
+    for (uint i = 0u; i < 16u; i++) {
+        uint q = wq_byte(b + 6u + i);
+        w[i] = d * float(int((q & 0xFu) | (((qh >> i) & 1u) << 4)) - 16);
+        w[i + 16u] = d * float(int((q >> 4) | (((qh >> (i + 16u)) & 1u) << 4)) - 16);
+    }
+#elif TYPE == T_Q4_K || TYPE == T_Q5_K
+    uint b = row + (u >> 3) * (TYPE == T_Q4_K ? 144u : 176u);
+    uint j = u & 7u;
+    float sc, m;
+    kq_scale_min(b + 4u, j, sc, m);
+    float d = wq_f16(b) * sc, dm = wq_f16(b + 2u) * m;
+    uint qs = b + (TYPE == T_Q4_K ? 16u : 48u) + (j >> 1) * 32u, shift = (j & 1u) * 4u;
+    for (uint i = 0u; i < 32u; i++) {
+        uint q = (wq_byte(qs + i) >> shift) & 0xFu;
+#if TYPE == T_Q5_K
+        q |= ((wq_byte(b + 16u + i) >> j) & 1u) << 4;
+#endif
+        w[i] = d * float(q) - dm;
+    }
+#elif TYPE == T_Q6_K
+    uint b = row + (u >> 3) * 210u;
+    uint j = u & 7u, h = j >> 2, c = j & 3u;
+    float d = wq_f16(b + 208u);
+    float s0 = d * float(wq_i8(b + 192u + h * 8u + c * 2u)), s1 = d * float(wq_i8(b + 193u + h * 8u + c * 2u));
+    uint ql = b + h * 64u + (c & 1u) * 32u, qh = b + 128u + h * 32u, ls = (c >> 1) * 4u, hs = 2u * c;
+    for (uint i = 0u; i < 32u; i++) {
+        int q = int(((wq_byte(ql + i) >> ls) & 0xFu) | (((wq_byte(qh + i) >> hs) & 3u) << 4)) - 32;
+        w[i] = (i < 16u ? s0 : s1) * float(q);
+    }
+#else
+    for (uint i = 0u; i < 32u; i++) w[i] = load_weight(row, u, i);
+#endif
+}

@@ -1,0 +1,455 @@
+"""Vulkan runtime: the Gemma 4 (and Gemma 3) forward in GLSL compute shaders.
+
+Weights are uploaded once, in their quantized form; a matrix larger than the device's
+storage-binding limit (lavapipe: 128 MiB) is split into row chunks. Per forward, the host
+writes the inputs (embedding rows, RoPE cos/sin tables, token positions and sequences, KV
+slots) into persistent buffers and replays a command buffer recorded once per batch shape:
+decode steps reuse theirs until a full-layer cache grows. Prefill runs micro-batches of
+UBATCH tokens through the tiled matmul shader; decode of up to 16 sequences reads each
+weight row once for all of them (matvec shader).
+
+KV caches are f32, per sequence: sliding layers a ring of W + UBATCH slots (slot = position
+mod that), so a micro-batch never evicts a key one of its own rows still needs; full layers
+one slot per position from where the sequence began, grown by doubling up to max_context.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from g4c import quants
+from g4c.config import LayerSpec
+from g4c.errors import DeviceUnavailableError, G4CError
+from g4c.model import Model
+from g4c.plan import MemoryPlan, check_fits, kv_bytes
+from g4c.rope import inv_freq_f32
+from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, run_microbatches
+
+F32 = np.float32
+UBATCH = 64
+MAX_MATVEC_SEQ = 16  # matvec.comp's MAX_SEQ
+MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+ADD, SCALE, GELU_MUL, SOFTCAP, COPY = range(5)
+# the bindings each shader writes (the rest it only reads)
+WRITES = {"matvec": (2,), "matmul": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4), "attention": (5, 6),
+          "elementwise": (0,), "dequant": (1,)}
+
+
+def _grid(n: int) -> tuple[int, int, int]:
+    """Workgroups for n items of 64 (or n workgroups): at most 65535 in x."""
+    return (min(n, 65535), -(-n // 65535), 1)
+
+
+class VulkanRuntime:
+    name = "vulkan"
+    backend = "Vulkan"
+
+    def __init__(self):
+        self._dev = None
+        self._error = None
+
+    def device(self):
+        if self._dev is None and self._error is None:
+            from .device import Device
+
+            try:
+                self._dev = Device()
+            except DeviceUnavailableError as e:
+                self._error = str(e)
+        if self._dev is None:
+            raise DeviceUnavailableError(self._error)
+        return self._dev
+
+    def availability(self) -> Availability:
+        import shutil
+
+        try:
+            self.device()
+        except DeviceUnavailableError as e:
+            return Availability(False, str(e))
+        if shutil.which("glslangValidator") is None:
+            return Availability(False, "glslangValidator is not installed (Debian glslang-tools)")
+        return Availability(True)
+
+    def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "VulkanSession":
+        return VulkanSession(self.device(), model, max_context, n_seq, trace)
+
+    @staticmethod
+    def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:
+        """Device memory at n_ctx: quantized weights, f32 KV (sliding rings of W + UBATCH),
+        and per-batch scratch (activations and attention scores of one micro-batch)."""
+        c = model.config
+        kv = kv_bytes(c, n_ctx, n_seq) + sum(2 * s.n_head_kv * s.head_dim * 4 * UBATCH * n_seq for s in c.layers if s.sliding)
+        F = max(s.n_ff for s in c.layers)
+        rows = min(UBATCH, n_ctx)
+        scratch = rows * (4 * c.n_embd + 3 * c.n_head * c.head_dim_full + 2 * F + model.n_vocab) * 4 \
+            + rows * c.n_head * n_ctx * 4
+        return MemoryPlan("vulkan", n_ctx, n_seq, model.weight_bytes, kv, scratch, "device")
+
+    def memory_bandwidth(self) -> dict:
+        """Device read bandwidth: a matvec over a 64 MiB F32 matrix (lavapipe's memory is host
+        memory), best of 5."""
+        import time
+
+        dev = self.device()
+        rows, cols = 4096, 4096
+        w, x, y = dev.buffer(rows * cols * 4), dev.buffer(cols * 4), dev.buffer(rows * 4)
+        p = dev.pipeline("matvec", {"TYPE": 0}, 3, 7)
+        best = math.inf
+        for _ in range(6):
+            t = time.perf_counter()
+            dev.run(p, [w, x, y], [rows, cols, cols * 4, 1, 0, 0, rows], _grid(rows // 8))
+            best = min(best, time.perf_counter() - t)
+        dev.forget([w, x, y])
+        for b in (w, x, y):
+            b.free()
+        return {"bytes_per_s": rows * cols * 4 / best, "method": "matvec over a 64 MiB F32 matrix, best of 6", "device": dev.name}
+
+    # op-level entry points for the conformance suite's weight-type cases
+    def dequantize(self, raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
+        dev = self.device()
+        raw = np.ascontiguousarray(raw)
+        rows = raw.shape[0]
+        w, out = dev.buffer(raw.nbytes), dev.buffer(rows * n_cols * 4)
+        w.write(raw)
+        dev.run(dev.pipeline("dequant", {"TYPE": int(qtype)}, 2, 4), [w, out], [rows, n_cols, raw.shape[1], 0],
+                _grid(-(-rows * n_cols // 32 // 64)))
+        return out.read(F32, rows * n_cols).reshape(rows, n_cols)
+
+    def matvec(self, raw: np.ndarray, qtype, n_cols: int, x: np.ndarray) -> np.ndarray:
+        dev = self.device()
+        raw = np.ascontiguousarray(raw)
+        rows = raw.shape[0]
+        x = np.atleast_2d(np.asarray(x, F32))
+        w, bx, by = dev.buffer(raw.nbytes), dev.buffer(x.nbytes), dev.buffer(rows * len(x) * 4)
+        w.write(raw)
+        bx.write(x)
+        dev.run(dev.pipeline("matvec", {"TYPE": int(qtype)}, 3, 7), [w, bx, by],
+                [rows, n_cols, raw.shape[1], len(x), 0, 0, rows], _grid(-(-rows // 8)))
+        return by.read(F32, rows * len(x)).reshape(-1)
+
+
+class _Matrix:
+    """A weight matrix on the device, quantized, in row chunks within the binding limit."""
+
+    def __init__(self, dev, name: str, raw: np.ndarray, qtype, n_cols: int):
+        self.name, self.qtype, self.n_cols = name, qtype, n_cols
+        self.n_rows, self.row_bytes = raw.shape
+        per = max(1, dev.max_binding // self.row_bytes)
+        self.chunks = []
+        for a in range(0, self.n_rows, per):
+            part = np.ascontiguousarray(raw[a:a + per])
+            buf = dev.buffer(part.nbytes)
+            buf.write(part)
+            self.chunks.append((a, len(part), buf))
+
+
+class VulkanSession:
+    def __init__(self, dev, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
+        check_load(model, max_context, n_seq)
+        c = self.cfg = model.config
+        self.plan = check_fits(lambda n: VulkanRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
+                               dev.available_memory(), f"{model.path} on vulkan ({dev.name})")
+        self.dev, self.model = dev, model
+        self.max_context, self.n_seq = max_context, n_seq
+        self.n_vocab = model.n_vocab
+        self.trace: dict | None = {} if trace else None
+        for s in c.layers:  # the shaders index heads assuming an even split
+            if c.n_head % s.n_head_kv:
+                raise G4CError(f"{model.path}: layer {s.index}: {c.n_head} heads do not split over {s.n_head_kv} KV heads")
+        self.mat: dict[str, _Matrix] = {}
+        for s in c.layers:
+            for m in MATRICES:
+                name = f"blk.{s.index}.{m}.weight"
+                if model.has(name):
+                    w = model.weight(name)
+                    quants.layout(w.qtype, f"{model.path}: {name}")
+                    self.mat[name] = _Matrix(dev, name, w.raw, w.qtype, w.n_cols)
+        out = model.output_weight
+        self.head = _Matrix(dev, out.name, out.raw, out.qtype, out.n_cols)
+        self.embd = model.weight("token_embd.weight")
+        self.vec = {}
+        for s in c.layers:
+            for n in NORMS:
+                self.vec[f"blk.{s.index}.{n}"] = self._upload(model.layer_weight(s.index, n).vector())
+        self.vec["output_norm"] = self._upload(model.weight("output_norm.weight").vector())
+        self.out_scale = {s.index: float(model.layer_weight(s.index, "layer_output_scale").vector()[0])
+                          for s in c.layers if s.has_output_scale}
+        self.inv_freq = {s.index: inv_freq_f32(s, model.rope_freqs) for s in c.layers}
+        self.ring = min(c.window + UBATCH, max_context)
+        self.cap_full = min(256, max_context)
+        self._io = None
+        self._recorded: dict = {}
+        self._alloc_caches()
+        self._last = np.zeros((n_seq, self.n_vocab), F32)
+        self.reset()
+
+    def __del__(self):
+        dev = getattr(self, "dev", None)
+        cbs = list(getattr(self, "_recorded", {}).values())
+        if dev is not None and cbs:
+            try:
+                dev.vk.vkFreeCommandBuffers(dev.device, dev.cmd_pool, len(cbs), cbs)
+            except Exception:  # interpreter shutdown
+                pass
+
+    def _upload(self, arr: np.ndarray):
+        b = self.dev.buffer(arr.nbytes)
+        b.write(np.ascontiguousarray(arr, F32))
+        return b
+
+    # -- caches -----------------------------------------------------------------------------
+    def _cap(self, s: LayerSpec) -> int:
+        return self.ring if s.sliding else self.cap_full
+
+    def _alloc_caches(self) -> None:
+        self.kc, self.vc, self.kpos = {}, {}, {}
+        for s in self.cfg.layers:
+            n = self.n_seq * self._cap(s)
+            row = s.n_head_kv * s.head_dim * 4
+            self.kc[s.index], self.vc[s.index] = self.dev.buffer(n * row), self.dev.buffer(n * row)
+            self.kpos[s.index] = self.dev.buffer(n * 4)
+            self.kpos[s.index].write(np.full(n, -1, np.int32))
+
+    def _grow_full(self, need: int) -> None:
+        """Full-layer caches to at least `need` slots per sequence (doubling, up to max_context):
+        contents moved by the host (the memory is host-visible), recorded batches dropped."""
+        new = self.cap_full
+        while new < need:
+            new = min(2 * new, self.max_context)
+        old = self.cap_full
+        for s in self.cfg.layers:
+            if s.sliding:
+                continue
+            row = s.n_head_kv * s.head_dim
+            bufs = []
+            for src, dtype, width, fill in ((self.kc, F32, row, 0), (self.vc, F32, row, 0), (self.kpos, np.int32, 1, -1)):
+                data = src[s.index].read(dtype, self.n_seq * old * width).reshape(self.n_seq, old, width)
+                grown = np.full((self.n_seq, new, width), fill, dtype)
+                grown[:, :old] = data
+                buf = self.dev.buffer(grown.nbytes)
+                buf.write(grown)
+                bufs.append(src[s.index])
+                src[s.index] = buf
+            self.dev.forget(bufs)
+            for b in bufs:
+                b.free()
+        self.cap_full = new
+        self._recorded.clear()
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self._last[0]
+
+    def reset(self, seq: int | None = None) -> None:
+        seqs = range(self.n_seq) if seq is None else [check_seq(seq, self.n_seq)]
+        if seq is None:
+            self.base = [0] * self.n_seq
+            self.next_pos = [0] * self.n_seq
+        for q in seqs:
+            for s in self.cfg.layers:
+                cap = self._cap(s)
+                self.kpos[s.index].write(np.full(cap, -1, np.int32), q * cap * 4)
+            self.base[q], self.next_pos[q] = 0, 0
+
+    def _truncate(self, q: int, start: int) -> None:
+        for s in self.cfg.layers:
+            cap = self._cap(s)
+            kp = self.kpos[s.index].view(np.int32)[q * cap:(q + 1) * cap]
+            kp[kp >= start] = -1
+
+    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
+        toks = check_tokens(tokens, self.n_vocab)
+        check_seq(seq, self.n_seq)
+        check_prefill(start_pos, len(toks), self.max_context)
+        if start_pos > self.next_pos[seq] or start_pos < self.base[seq]:
+            self.reset(seq)  # a gap (or a rewind before the sequence began): start afresh there
+            self.base[seq] = start_pos
+        else:
+            self._truncate(seq, start_pos)
+        pos = start_pos + np.arange(len(toks))
+        logits = run_microbatches(self._forward, toks, seq, pos, all_logits, UBATCH)
+        self.next_pos[seq] = start_pos + len(toks)
+        self._last[seq] = logits[-1]
+        return logits
+
+    def decode(self, tokens: Sequence[int]) -> np.ndarray:
+        return decode_step(self, tokens)
+
+    # -- forward ------------------------------------------------------------------------------
+    def _io_buffers(self):
+        """Persistent inputs and activations for a micro-batch of up to max(UBATCH, n_seq) rows."""
+        if self._io is None:
+            c = self.cfg
+            n = max(UBATCH, self.n_seq)
+            E, HD = c.n_embd, c.n_head * max(s.head_dim for s in c.layers)
+            KD = max(s.n_head_kv * s.head_dim for s in c.layers)
+            F = max(s.n_ff for s in c.layers)
+            b = self.dev.buffer
+            self._io = {
+                "x": b(n * E * 4), "h": b(n * E * 4), "t": b(n * E * 4), "q": b(n * HD * 4), "a": b(n * HD * 4),
+                "k": b(n * KD * 4), "v": b(n * KD * 4), "g": b(n * F * 4), "u": b(n * F * 4),
+                "logits": b(n * self.n_vocab * 4), "tok": b(n * 2 * 4),
+                "slot_swa": b(n * 4), "slot_full": b(n * 4),
+                "cs_swa": b(n * max(s.n_rot for s in c.layers) * 4), "cs_full": b(n * max(s.n_rot for s in c.layers) * 4),
+                "dummy": b(4),
+            }
+            self._scores = None
+        return self._io
+
+    def _scores_buffer(self, n: int):
+        need = n * self.cfg.n_head * max(self.ring, self.cap_full) * 4
+        if self._scores is None or self._scores.nbytes < need:
+            if self._scores is not None:
+                self.dev.forget([self._scores])
+                self._scores.free()
+            self._scores = self.dev.buffer(need)
+            self._recorded.clear()
+        return self._scores
+
+    def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
+        c, n = self.cfg, len(toks)
+        need = int(max(pos[i] - self.base[int(seqs[i])] for i in range(n))) + 1
+        if need > self.cap_full:
+            self._grow_full(need)
+        io = self._io_buffers()
+        scores = self._scores_buffer(n)
+        # inputs: embeddings, positions and sequences, cache slots and positions, RoPE tables
+        io["x"].write(self.embd.take(toks) * F32(c.embd_scale))
+        io["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
+        slot_swa = (seqs * self.ring + pos % self.ring).astype(np.int32)
+        slot_full = (seqs * self.cap_full + (pos - np.asarray(self.base)[seqs])).astype(np.int32)
+        io["slot_swa"].write(slot_swa)
+        io["slot_full"].write(slot_full)
+        for s in c.layers:  # the key positions the new rows take
+            self.kpos[s.index].view(np.int32)[slot_swa if s.sliding else slot_full] = pos
+        for kind in ("swa", "full"):
+            spec = next((s for s in c.layers if s.sliding == (kind == "swa")), None)
+            if spec is None:
+                continue
+            ang = pos.astype(F32)[:, None] * self.inv_freq[spec.index][None, :]
+            io[f"cs_{kind}"].write(np.concatenate([np.cos(ang.astype(np.float64)), np.sin(ang.astype(np.float64))], 1)
+                                   .astype(F32))
+        key = (n, all_logits, self.trace is not None)
+        cb = self._recorded.get(key)
+        if cb is None:
+            cb = self._record(n, all_logits, scores)
+            if self.trace is None:
+                self._recorded[key] = cb
+        self.dev.submit(cb)
+        if self.trace is not None:
+            self._read_trace(n)
+            self.dev.vk.vkFreeCommandBuffers(self.dev.device, self.dev.cmd_pool, 1, [cb])
+        rows = n if all_logits else 1
+        return io["logits"].read(F32, rows * self.n_vocab).reshape(rows, self.n_vocab)
+
+    def _record(self, n: int, all_logits: bool, scores):
+        dev, vk, c, io = self.dev, self.dev.vk, self.cfg, self._io
+        cb = dev.command_buffer()
+        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo())
+        self._cb = cb
+        self._written: set = set()
+        self._read: set = set()
+        self._trace_bufs = []
+        E = c.n_embd
+        for s in c.layers:
+            i = s.index
+            H, Hkv, d = c.n_head, s.n_head_kv, s.head_dim
+            self._norm(io["x"], io["h"], self.vec[f"blk.{i}.attn_norm"], E, n)
+            self._mm(f"blk.{i}.attn_q.weight", io["h"], io["q"], n)
+            self._mm(f"blk.{i}.attn_k.weight", io["h"], io["k"], n)
+            if s.has_v:
+                self._mm(f"blk.{i}.attn_v.weight", io["h"], io["v"], n)
+            else:  # k_eq_v: V is the raw K projection (before k_norm and RoPE)
+                self._ew(io["v"], io["k"], n * Hkv * d, COPY)
+            self._norm(io["q"], io["q"], self.vec[f"blk.{i}.attn_q_norm"], d, n * H)
+            self._norm(io["k"], io["k"], self.vec[f"blk.{i}.attn_k_norm"], d, n * Hkv)
+            if c.v_norm:
+                self._norm(io["v"], io["v"], None, d, n * Hkv)
+            cs = io["cs_swa" if s.sliding else "cs_full"]
+            for buf, heads in ((io["q"], H), (io["k"], Hkv)):
+                self._dispatch("rope", {}, [buf, cs], [n, heads, d, s.n_rot], _grid(-(-n * heads * (s.n_rot // 2) // 64)))
+            cap = self._cap(s)
+            slots = io["slot_swa" if s.sliding else "slot_full"]
+            self._dispatch("kv_store", {}, [io["k"], io["v"], slots, self.kc[i], self.vc[i]], [n, Hkv * d],
+                           _grid(-(-n * Hkv * d // 64)))
+            scale = float(c.attn_scale_swa if s.sliding else c.attn_scale_full)
+            self._dispatch("attention", {}, [io["q"], self.kc[i], self.vc[i], self.kpos[i], io["tok"], scores, io["a"]],
+                           [n, H, Hkv, d, cap, c.window if s.sliding else 0, scale], _grid(n * H))
+            self._mm(f"blk.{i}.attn_output.weight", io["a"], io["t"], n)
+            self._norm(io["t"], io["t"], self.vec[f"blk.{i}.post_attention_norm"], E, n)
+            self._traced(i, "attn_out", io["t"], n * E)
+            self._ew(io["x"], io["t"], n * E, ADD)
+            self._norm(io["x"], io["h"], self.vec[f"blk.{i}.ffn_norm"], E, n)
+            self._mm(f"blk.{i}.ffn_gate.weight", io["h"], io["g"], n)
+            self._mm(f"blk.{i}.ffn_up.weight", io["h"], io["u"], n)
+            self._ew(io["g"], io["u"], n * s.n_ff, GELU_MUL)
+            self._mm(f"blk.{i}.ffn_down.weight", io["g"], io["t"], n)
+            self._norm(io["t"], io["t"], self.vec[f"blk.{i}.post_ffw_norm"], E, n)
+            self._traced(i, "ffn_out", io["t"], n * E)
+            self._ew(io["x"], io["t"], n * E, ADD)
+            if s.has_output_scale:
+                self._ew(io["x"], io["dummy"], n * E, SCALE, self.out_scale[i])
+            self._traced(i, "layer_out", io["x"], n * E)
+        rows = n if all_logits else 1
+        self._norm(io["x"], io["h"], self.vec["output_norm"], E, n)
+        self._mm_w(self.head, io["h"], io["logits"], rows, x_off=(n - rows) * E)
+        if c.final_softcap:
+            self._ew(io["logits"], io["dummy"], rows * self.n_vocab, SOFTCAP, float(c.final_softcap))
+        vk.vkEndCommandBuffer(cb)
+        return cb
+
+    # -- recording helpers ----------------------------------------------------------------------
+    def _dispatch(self, name, defines, buffers, push, groups):
+        """Record one dispatch, after a barrier only when it reads a buffer written since the
+        last barrier or writes one read or written since (independent dispatches, such as the
+        q, k and v projections, run unordered)."""
+        ids = [b.key for b in buffers]
+        writes = {ids[i] for i in WRITES[name]}
+        if set(ids) & self._written or writes & self._read:
+            self.dev.barrier(self._cb)
+            self._written, self._read = set(), set()
+        p = self.dev.pipeline(name, defines, len(buffers), len(push))
+        p.record(self._cb, buffers, push, groups)
+        self._written |= writes
+        self._read |= set(ids) - writes
+
+    def _norm(self, x, y, w, n_per: int, n_seg: int) -> None:
+        self._dispatch("rms_norm", {}, [x, y, w if w is not None else self._io["dummy"]],
+                       [n_per, n_seg, float(self.cfg.eps), 1 if w is not None else 0], _grid(n_seg))
+
+    def _ew(self, a, b, n: int, mode: int, param: float = 0.0) -> None:
+        self._dispatch("elementwise", {}, [a, b], [n, mode, float(param), 0, 0], _grid(-(-n // 64)))
+
+    def _mm(self, name: str, x, y, n: int) -> None:
+        m = self.mat.get(name)
+        if m is None:
+            self.model.weight(name)  # raises the error naming the missing tensor
+        self._mm_w(m, x, y, n)
+
+    def _mm_w(self, m: _Matrix, x, y, n: int, x_off: int = 0) -> None:
+        for a, rows, buf in m.chunks:
+            push = [rows, m.n_cols, m.row_bytes, n, x_off, a, m.n_rows]
+            if n <= MAX_MATVEC_SEQ:  # 8 rows per workgroup
+                self._dispatch("matvec", {"TYPE": int(m.qtype)}, [buf, x, y], push, _grid(-(-rows // 8)))
+            else:
+                self._dispatch("matmul", {"TYPE": int(m.qtype)}, [buf, x, y], push, (-(-rows // 64), -(-n // 8), 1))
+
+    def _traced(self, layer: int, op: str, src, count: int) -> None:
+        if self.trace is None:
+            return
+        dst = self.dev.buffer(count * 4)
+        self._ew(dst, src, count, COPY)
+        self._trace_bufs.append(((layer, op), dst, count))
+
+    def _read_trace(self, n: int) -> None:
+        self.trace.clear()
+        for key, buf, count in self._trace_bufs:
+            self.trace[key] = buf.read(F32, count).reshape(n, -1)
+            self.dev.forget([buf])
+            buf.free()
+        self._trace_bufs = []
