@@ -26,6 +26,7 @@ from fixtures import golden, llamacpp
 from g4c.model import Model
 from g4c.reference import argmax_allowed
 
+from . import harness
 from .harness import load_model, reference_logits, supports
 from .test_greedy import greedy
 
@@ -73,6 +74,16 @@ def test_llamacpp_golden(runtime, tol, metric, preset, qtype):
         f"{model.path} differs from the file llama.cpp's golden was made from ({gold['model']['file']}); "
         "regenerate with python -m fixtures.llamacpp after a deliberate generator change")
     _parity(runtime, tol, metric, model, gold)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_references():
+    """The 270M's float64 references hold several GB; later modules (RoPE at 262143 plans
+    15.5 GiB on the cpu runtime) need that memory back."""
+    yield
+    harness.reference.cache_clear()
+    harness.reference_logits.cache_clear()
+    _open.cache_clear()
 
 
 @pytest.fixture(scope="module")
