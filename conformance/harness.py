@@ -32,6 +32,19 @@ def reference_logits(model: Model, tokens: tuple, start: int = 0, angles: str = 
     return (out, tr) if trace else out
 
 
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it after many mid-sized numpy frees), so a
+    later runtime's load-time memory check sees what is really available."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def supports(runtime, feature: str, value) -> None:
     """Ask an optional `supports(feature, value)` of the runtime; a no is a not_supported outcome."""
     check = getattr(runtime, "supports", None)

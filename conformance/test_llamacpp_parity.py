@@ -84,6 +84,7 @@ def _free_references():
     harness.reference.cache_clear()
     harness.reference_logits.cache_clear()
     _open.cache_clear()
+    harness.release_memory()
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,7 @@ def gemma3_270m():
     return model, gold
 
 
+@pytest.mark.real_weights
 def test_gemma3_270m_f32_llamacpp(runtime, tol, metric):
     """The same real weights in F32: llama.cpp quantizes no activation, sits 0.01 from the
     reference, and the whole 32-token greedy path is decided."""
@@ -113,11 +115,13 @@ def _open(path):
     return Model(path)
 
 
+@pytest.mark.real_weights
 def test_gemma3_270m_llamacpp(runtime, tol, metric, gemma3_270m):
     model, gold = gemma3_270m
     _parity(runtime, tol, metric, model, gold)
 
 
+@pytest.mark.real_weights
 def test_gemma3_270m_reference_greedy(runtime, tol, metric, gemma3_270m):
     """32 greedy tokens on real weights equal the float64 reference's argmax at every
     position of the runtime's own path (one reference forward checks them all)."""
