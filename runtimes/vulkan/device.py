@@ -191,7 +191,6 @@ class Device:
         self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
         self._pools: list = []
         self._sets: dict = {}
-        self._free_sets: list = []  # sets whose buffers are gone (never rebound: pools are not freeable here)
         self._pipelines: dict = {}
 
     @cached_property
@@ -225,9 +224,8 @@ class Device:
     def forget(self, buffers: list[Buffer]) -> None:
         """Drop cached descriptor sets naming these buffers (before they are freed)."""
         keys = {b.key for b in buffers}
-        stale = [k for k in self._sets if keys & set(k[1])]
-        for k in stale:
-            self._free_sets.append(self._sets.pop(k))
+        # the sets themselves stay in their pool (allocated without FREE_DESCRIPTOR_SET_BIT)
+        self._sets = {k: v for k, v in self._sets.items() if not keys & set(k[1])}
 
     def barrier(self, cb) -> None:
         vk = self.vk
