@@ -158,15 +158,20 @@ def check_decode(n_tokens: int, next_positions: np.ndarray, max_context: int) ->
 # _forward(toks, seqs, pos, all_logits) over rows of several sequences (cpu, vulkan).
 
 
-def run_microbatches(forward, toks: np.ndarray, seq: int, pos: np.ndarray, all_logits: bool, ubatch: int) -> np.ndarray:
-    """forward over micro-batches of at most ubatch rows, each attending to the cache the
-    previous ones wrote; logits of every row, or of the last."""
+def prefill_rows(session, toks: np.ndarray, seq: int, start_pos: int, all_logits: bool, ubatch: int) -> np.ndarray:
+    """session._forward over micro-batches of at most ubatch rows from start_pos, each
+    attending to the cache the previous ones wrote; then next_pos and the last logits of the
+    sequence. Logits of every row, or of the last."""
+    pos = start_pos + np.arange(len(toks))
     parts = []
     for a in range(0, len(toks), ubatch):
         last = a + ubatch >= len(toks)
         sl = slice(a, a + ubatch)
-        parts.append(forward(toks[sl], np.full(len(toks[sl]), seq), pos[sl], all_logits or not last))
-    return np.concatenate(parts) if all_logits else parts[-1]
+        parts.append(session._forward(toks[sl], np.full(len(toks[sl]), seq), pos[sl], all_logits or not last))
+    logits = np.concatenate(parts) if all_logits else parts[-1]
+    session.next_pos[seq] = start_pos + len(toks)
+    session._last[seq] = logits[-1]
+    return logits
 
 
 def decode_step(session, tokens: Sequence[int]) -> np.ndarray:

@@ -18,7 +18,7 @@ from g4c import quants
 from g4c.config import LayerSpec
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
-from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, run_microbatches
+from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, prefill_rows
 
 from . import ops
 
@@ -228,11 +228,7 @@ class CpuSession:
             self.reset(seq)  # a gap: the sequence starts afresh at start_pos
         for cache in self.caches[seq]:
             cache.truncate(start_pos)
-        pos = start_pos + np.arange(len(toks))
-        logits = run_microbatches(self._forward, toks, seq, pos, all_logits, UBATCH)
-        self.next_pos[seq] = start_pos + len(toks)
-        self._last[seq] = logits[-1]
-        return logits
+        return prefill_rows(self, toks, seq, start_pos, all_logits, UBATCH)
 
     def decode(self, tokens: Sequence[int]) -> np.ndarray:
         return decode_step(self, tokens)

@@ -26,7 +26,7 @@ from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.model import Model
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
-from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, run_microbatches
+from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, prefill_rows
 
 F32 = np.float32
 UBATCH = 64
@@ -183,6 +183,7 @@ class VulkanSession:
         self.ring = min(c.window + UBATCH, max_context)
         self.cap_full = min(256, max_context)
         self._io = None
+        self._scores = None  # attention scores scratch, grown with the batch and the caches
         self._recorded: dict = {}
         self._alloc_caches()
         self._last = np.zeros((n_seq, self.n_vocab), F32)
@@ -271,11 +272,7 @@ class VulkanSession:
             self.base[seq] = start_pos
         else:
             self._truncate(seq, start_pos)
-        pos = start_pos + np.arange(len(toks))
-        logits = run_microbatches(self._forward, toks, seq, pos, all_logits, UBATCH)
-        self.next_pos[seq] = start_pos + len(toks)
-        self._last[seq] = logits[-1]
-        return logits
+        return prefill_rows(self, toks, seq, start_pos, all_logits, UBATCH)
 
     def decode(self, tokens: Sequence[int]) -> np.ndarray:
         return decode_step(self, tokens)
@@ -298,7 +295,6 @@ class VulkanSession:
                 "cs_swa": b(n * max(s.n_rot for s in c.layers) * 4), "cs_full": b(n * max(s.n_rot for s in c.layers) * 4),
                 "dummy": b(4),
             }
-            self._scores = None
         return self._io
 
     def _scores_buffer(self, n: int):
