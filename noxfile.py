@@ -27,16 +27,16 @@ def _machine() -> str:
 @nox.session
 def tests(session):
     """The whole test suite, then a real run turned into the report: unit tests, fault
-    injection and conformance of the cpu runtime (results kept), the benchmarks on the tiny
+    injection and conformance of the cpu and vulkan runtimes (results kept), the benchmarks on the tiny
     preset, the HTML report from those runs and the committed ones, and the report opened in
     headless Chromium (tests/test_report.py)."""
     session.install("-e", ".[dev]")
     os.makedirs("reports/out", exist_ok=True)
     label = _machine()
-    # conformance of the cpu runtime here; the other runtimes have their own sessions
-    # (conformance-vulkan on lavapipe takes longer than CI's 30 minutes; tests/test_vulkan_ops.py
-    # runs its shaders on lavapipe here)
-    session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu",
+    # conformance of the cpu and vulkan runtimes (vulkan on lavapipe, Mesa's CPU device, in
+    # CI: the wide kernel path, about 6 minutes on 2 cores; tests/test_vulkan_ops.py runs the
+    # baseline path too); cuda and llamacpp have their own sessions
+    session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu", "--runtime", "vulkan",
                 "--results-json", f"reports/out/conformance-{label}.json", *session.posargs)
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", "--bench-runtime", "cpu",
                 "--benchmark-json", f"reports/out/bench-{label}.json", env={"G4C_MACHINE": label})

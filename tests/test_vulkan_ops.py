@@ -36,23 +36,41 @@ def test_dequantize(dev, qtype):
     assert not bad.size, f"{qtype}: first difference at row {bad[0][0]} col {bad[0][1]}: {got[tuple(bad[0])]} vs {oracle[tuple(bad[0])]}"
 
 
-@pytest.mark.parametrize("n_seq", [1, 3])
+@pytest.fixture(params=["baseline", "wide"])
+def path(request, dev):
+    """The kernel path under test; the device's own choice is restored afterwards."""
+    if request.param == "wide" and dev.wide_reason:
+        pytest.skip(f"wide path unavailable: {dev.name} {dev.wide_reason}")
+    was = dev.wide
+    dev.wide = request.param == "wide"
+    yield request.param
+    dev.wide = was
+
+
+# n: 1 and 3 vectors (matvec), 16 (matvec's limit), 40 and 70 tokens (matmul, with a partial tile)
+@pytest.mark.parametrize("n", [1, 3, 16, 40, 70])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_matvec(dev, qtype, n_seq):
+def test_matrix_kernels(dev, path, qtype, n):
+    from runtimes.vulkan.runtime import PAD, matrix_kernel
+
     t = quants.TYPE_NAMES[qtype]
-    raw, oracle, _ = _case(qtype)
-    rows, cols = oracle.shape
-    x = np.random.default_rng(1).standard_normal((n_seq, cols)).astype(np.float32)
-    w, bx, by = dev.buffer(raw.nbytes), dev.buffer(x.nbytes), dev.buffer(n_seq * rows * 4)
+    # 67 rows: a partial workgroup of rows; legacy blocks at 288 columns (9 blocks) give rows
+    # that start off every 8-byte boundary, which the wide path must realign
+    cols = 512 if quants.LAYOUTS[t].block_size == 256 else 288
+    raw, oracle, _ = _case(qtype, rows=67, cols=cols)
+    rows = oracle.shape[0]
+    x = np.random.default_rng(1).standard_normal((n, cols)).astype(np.float32)
+    w, bx, by = dev.buffer(raw.nbytes + PAD), dev.buffer(x.nbytes), dev.buffer(n * rows * 4)
     w.write(raw)
     bx.write(x)
-    dev.run(dev.pipeline("matvec", {"TYPE": int(t)}, 3, 7), [w, bx, by], [rows, cols, raw.shape[1], n_seq, 0, 0, rows],
-            (-(-rows // 8), 1, 1))
-    got = by.read(np.float32, n_seq * rows).reshape(n_seq, rows).astype(np.float64)
+    name, defines, groups = matrix_kernel(dev, dev.wide, t, rows, n)
+    dev.run(dev.pipeline(name, defines, 3, 7), [w, bx, by], [rows, cols, raw.shape[1], n, 0, 0, rows], groups)
+    got = by.read(np.float32, n * rows).reshape(n, rows).astype(np.float64)
     want = x.astype(np.float64) @ oracle.T
     e = float(np.sum((got - want) ** 2) / np.sum(want ** 2))
     # f32 dot products of length K: NMSE about K u^2, far below op_nmse (1e-10, as llama.cpp's test-backend-ops 1e-7 scaled)
-    assert e <= F32.op_nmse, f"matvec {qtype}: NMSE {e:.3g} > {F32.op_nmse:g}; worst row {int(np.abs(got - want).max(0).argmax())}"
+    assert e <= F32.op_nmse, (f"{name} {qtype} x{n}: NMSE {e:.3g} > {F32.op_nmse:g}; worst vector "
+                              f"{int(np.abs(got - want).max(1).argmax())}, row {int(np.abs(got - want).max(0).argmax())}")
 
 
 def test_descriptor_sets_follow_new_buffers(dev):
@@ -65,3 +83,28 @@ def test_descriptor_sets_follow_new_buffers(dev):
         dev.run(p, [a, b], [64, 4, 0.0, 0, 0], (1, 1, 1))  # mode 4: copy b into a
         assert (a.read(np.float32, 64) == value).all(), f"copy of {value} read back {a.read(np.float32, 4)}"
         del a, b
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_K"])
+def test_forward_on_both_paths(dev, path, qtype):
+    """The whole forward on each kernel path (matmul prefill of 70 tokens, a partial tile
+    included, the sliding window of 32 crossed, then decode steps) against the float64
+    reference: the conformance suite runs the device's own path, this runs the other too."""
+    from conformance.harness import load_model, prompt, reference_logits
+    from g4c import tolerance
+    from g4c.compare import assert_logits_close
+    from runtimes.vulkan.runtime import VulkanRuntime
+
+    rt = VulkanRuntime()
+    rt._dev = dev
+    tol = tolerance.for_runtime(rt)
+    model = load_model("tiny", qtype)
+    toks = prompt(74, model.n_vocab, seed=5)
+    ref = reference_logits(model, toks)
+    sess = rt.load(model, 128, 1)
+    assert sess.wide == (path == "wide")
+    rows = list(np.asarray(sess.prefill(list(toks[:70]))))
+    for t in toks[70:-1]:
+        rows.append(np.asarray(sess.decode([t]))[0])
+    assert_logits_close(np.array(rows), ref[:-1], tol, tol.logit_max_abs(model.config, ref), np.arange(73),
+                        what=f"{path} path logits")

@@ -1,7 +1,14 @@
 """Vulkan compute through the `vulkan` PyPI binding: device choice, buffers, SPIR-V pipelines.
 
 Device choice: a discrete GPU when one is present, else the first device (lavapipe on a
-machine without a GPU); G4C_VULKAN_DEVICE=<index or name substring> overrides. Shaders are
+machine without a GPU); G4C_VULKAN_DEVICE=<index or name substring> overrides.
+
+Two kernel paths. `baseline` needs nothing beyond Vulkan 1.1 storage buffers of 32-bit
+words (no subgroup operations, no 8/16/64-bit types). `wide` (matvec_wide, matmul_wide)
+reads weights as 64-bit words and shares each input over the subgroup by broadcast; it is
+taken when the device has shaderInt64 and subgroup broadcast in compute shaders at a
+subgroup size of 4 to 32 (lavapipe: 8; NVIDIA: 32). G4C_VULKAN_PATH=baseline|wide
+overrides; `Device.wide` may be switched between sessions (the tests run both paths). Shaders are
 GLSL in shaders/*.comp, compiled by glslang (`glslangValidator`, Debian glslang-tools) with
 -D defines, and cached as SPIR-V by the hash of source, includes and defines under
 $G4C_CACHE/spirv (no binaries are committed).
@@ -180,11 +187,19 @@ class Device:
         self.physical, self.name = physical[idx], names[idx]
         self.max_binding = int(props[idx].limits.maxStorageBufferRange)
         self.is_cpu = props[idx].deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_CPU
+        self.subgroup_size, self.wide_reason = self._wide_support(vk, props[idx])
+        forced = os.environ.get("G4C_VULKAN_PATH", "")
+        if forced not in ("", "baseline", "wide"):
+            raise G4CError(f"G4C_VULKAN_PATH={forced!r}: expected baseline or wide")
+        if forced == "wide" and self.wide_reason:
+            raise DeviceUnavailableError(f"G4C_VULKAN_PATH=wide but {self.name} {self.wide_reason}")
+        self.wide = forced != "baseline" and not self.wide_reason
         families = vk.vkGetPhysicalDeviceQueueFamilyProperties(self.physical)
         self.family = next(i for i, f in enumerate(families) if f.queueFlags & vk.VK_QUEUE_COMPUTE_BIT)
         self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(
             queueCreateInfoCount=1, pQueueCreateInfos=[vk.VkDeviceQueueCreateInfo(
-                queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])]), None)
+                queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])],
+            pEnabledFeatures=vk.VkPhysicalDeviceFeatures(shaderInt64=not self.wide_reason)), None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
         self.cmd_pool = vk.vkCreateCommandPool(self.device, vk.VkCommandPoolCreateInfo(
             queueFamilyIndex=self.family, flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT), None)
@@ -192,6 +207,23 @@ class Device:
         self._pools: list = []
         self._sets: dict = {}
         self._pipelines: dict = {}
+
+    def _wide_support(self, vk, props) -> tuple[int, str]:
+        """(subgroup size, why the wide path cannot run here or "")."""
+        sg = vk.VkPhysicalDeviceSubgroupProperties()
+        if props.apiVersion < vk.VK_MAKE_VERSION(1, 1, 0):
+            return 0, "is a Vulkan 1.0 device"
+        vk.vkGetPhysicalDeviceProperties2(self.physical, vk.VkPhysicalDeviceProperties2(pNext=sg))
+        size = int(sg.subgroupSize)
+        if not vk.vkGetPhysicalDeviceFeatures(self.physical).shaderInt64:
+            return size, "has no shaderInt64"
+        if not sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT:
+            return size, "has no subgroup operations in compute shaders"
+        if not sg.supportedOperations & vk.VK_SUBGROUP_FEATURE_BALLOT_BIT:
+            return size, "has no subgroup broadcast (ballot feature)"
+        if size not in (4, 8, 16, 32):
+            return size, f"has subgroup size {size} (the wide kernels take 4 to 32)"
+        return size, ""
 
     @cached_property
     def memory_properties(self):

@@ -35,8 +35,24 @@ MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "
 NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 ADD, SCALE, GELU_MUL, SOFTCAP, COPY = range(5)
 # the bindings each shader writes (the rest it only reads)
-WRITES = {"matvec": (2,), "matmul": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4), "attention": (5, 6),
-          "elementwise": (0,), "dequant": (1,)}
+WRITES = {"matvec": (2,), "matmul": (2,), "matvec_wide": (2,), "matmul_wide": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4), "attention": (5, 6),
+          "elementwise": (0,), "dequant": (1,), "attention_wide": (5, 6)}
+
+
+PAD = 16  # bytes after every weight buffer: the wide path reads one 64-bit word past a span
+
+
+def matrix_kernel(dev, wide: bool, qtype, rows: int, n: int) -> tuple[str, dict, tuple[int, int, int]]:
+    """Shader, defines and workgroups for y = W x over n vectors: matvec up to MAX_MATVEC_SEQ
+    (weights read once for all n), else the tiled matmul; baseline or wide path."""
+    t = int(qtype)
+    if wide:
+        if n <= MAX_MATVEC_SEQ:
+            return "matvec_wide", {"TYPE": t, "SG": dev.subgroup_size, "NSEQ": n}, _grid(-(-rows // 64))
+        return "matmul_wide", {"TYPE": t, "SG": dev.subgroup_size}, (-(-rows // 64), -(-n // 16), 1)
+    if n <= MAX_MATVEC_SEQ:  # 8 rows per workgroup
+        return "matvec", {"TYPE": t}, _grid(-(-rows // 8))
+    return "matmul", {"TYPE": t}, (-(-rows // 64), -(-n // 8), 1)
 
 
 def _grid(n: int) -> tuple[int, int, int]:
@@ -97,17 +113,18 @@ class VulkanRuntime:
 
         dev = self.device()
         rows, cols = 4096, 4096
-        w, x, y = dev.buffer(rows * cols * 4), dev.buffer(cols * 4), dev.buffer(rows * 4)
-        p = dev.pipeline("matvec", {"TYPE": 0}, 3, 7)
+        w, x, y = dev.buffer(rows * cols * 4 + PAD), dev.buffer(cols * 4), dev.buffer(rows * 4)
+        name, defines, groups = matrix_kernel(dev, dev.wide, quants.QT.F32, rows, 1)
+        p = dev.pipeline(name, defines, 3, 7)
         best = math.inf
         for _ in range(6):
             t = time.perf_counter()
-            dev.run(p, [w, x, y], [rows, cols, cols * 4, 1, 0, 0, rows], _grid(rows // 8))
+            dev.run(p, [w, x, y], [rows, cols, cols * 4, 1, 0, 0, rows], groups)
             best = min(best, time.perf_counter() - t)
         dev.forget([w, x, y])
         for b in (w, x, y):
             b.free()
-        return {"bytes_per_s": rows * cols * 4 / best, "method": "matvec over a 64 MiB F32 matrix, best of 6", "device": dev.name}
+        return {"bytes_per_s": rows * cols * 4 / best, "method": f"{name} over a 64 MiB F32 matrix, best of 6", "device": dev.name}
 
     # op-level entry points for the conformance suite's weight-type cases
     def dequantize(self, raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
@@ -125,11 +142,11 @@ class VulkanRuntime:
         raw = np.ascontiguousarray(raw)
         rows = raw.shape[0]
         x = np.atleast_2d(np.asarray(x, F32))
-        w, bx, by = dev.buffer(raw.nbytes), dev.buffer(x.nbytes), dev.buffer(rows * len(x) * 4)
+        w, bx, by = dev.buffer(raw.nbytes + PAD), dev.buffer(x.nbytes), dev.buffer(rows * len(x) * 4)
         w.write(raw)
         bx.write(x)
-        dev.run(dev.pipeline("matvec", {"TYPE": int(qtype)}, 3, 7), [w, bx, by],
-                [rows, n_cols, raw.shape[1], len(x), 0, 0, rows], _grid(-(-rows // 8)))
+        name, defines, groups = matrix_kernel(dev, dev.wide, qtype, rows, len(x))
+        dev.run(dev.pipeline(name, defines, 3, 7), [w, bx, by], [rows, n_cols, raw.shape[1], len(x), 0, 0, rows], groups)
         return by.read(F32, rows * len(x)).reshape(-1)
 
 
@@ -139,11 +156,11 @@ class _Matrix:
     def __init__(self, dev, name: str, raw: np.ndarray, qtype, n_cols: int):
         self.name, self.qtype, self.n_cols = name, qtype, n_cols
         self.n_rows, self.row_bytes = raw.shape
-        per = max(1, dev.max_binding // self.row_bytes)
+        per = max(1, (dev.max_binding - PAD) // self.row_bytes)
         self.chunks = []
         for a in range(0, self.n_rows, per):
             part = np.ascontiguousarray(raw[a:a + per])
-            buf = dev.buffer(part.nbytes)
+            buf = dev.buffer(part.nbytes + PAD)
             buf.write(part)
             self.chunks.append((a, len(part), buf))
 
@@ -155,6 +172,7 @@ class VulkanSession:
         self.plan = check_fits(lambda n: VulkanRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                dev.available_memory(), f"{model.path} on vulkan ({dev.name})")
         self.dev, self.model = dev, model
+        self.wide = dev.wide  # the kernel path, fixed for the session
         self.max_context, self.n_seq = max_context, n_seq
         self.n_vocab = model.n_vocab
         self.trace: dict | None = {} if trace else None
@@ -374,8 +392,12 @@ class VulkanSession:
             self._dispatch("kv_store", {}, [io["k"], io["v"], slots, self.kc[i], self.vc[i]], [n, Hkv * d],
                            _grid(-(-n * Hkv * d // 64)))
             scale = float(c.attn_scale_swa if s.sliding else c.attn_scale_full)
-            self._dispatch("attention", {}, [io["q"], self.kc[i], self.vc[i], self.kpos[i], io["tok"], scores, io["a"]],
-                           [n, H, Hkv, d, cap, c.window if s.sliding else 0, scale], _grid(n * H))
+            push = [n, H, Hkv, d, cap, c.window if s.sliding else 0, scale]
+            bufs = [io["q"], self.kc[i], self.vc[i], self.kpos[i], io["tok"], scores, io["a"]]
+            if self.wide:
+                self._dispatch("attention_wide", {"SG": self.dev.subgroup_size}, bufs + [slots], push, _grid(n * H))
+            else:
+                self._dispatch("attention", {}, bufs, push, _grid(n * H))
             self._mm(f"blk.{i}.attn_output.weight", io["a"], io["t"], n)
             self._norm(io["t"], io["t"], self.vec[f"blk.{i}.post_attention_norm"], E, n)
             self._traced(i, "attn_out", io["t"], n * E)
@@ -429,11 +451,8 @@ class VulkanSession:
 
     def _mm_w(self, m: _Matrix, x, y, n: int, x_off: int = 0) -> None:
         for a, rows, buf in m.chunks:
-            push = [rows, m.n_cols, m.row_bytes, n, x_off, a, m.n_rows]
-            if n <= MAX_MATVEC_SEQ:  # 8 rows per workgroup
-                self._dispatch("matvec", {"TYPE": int(m.qtype)}, [buf, x, y], push, _grid(-(-rows // 8)))
-            else:
-                self._dispatch("matmul", {"TYPE": int(m.qtype)}, [buf, x, y], push, (-(-rows // 64), -(-n // 8), 1))
+            name, defines, groups = matrix_kernel(self.dev, self.wide, m.qtype, rows, n)
+            self._dispatch(name, defines, [buf, x, y], [rows, m.n_cols, m.row_bytes, n, x_off, a, m.n_rows], groups)
 
     def _traced(self, layer: int, op: str, src, count: int) -> None:
         if self.trace is None:
