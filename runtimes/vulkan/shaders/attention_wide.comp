@@ -7,7 +7,7 @@
 // Attention on the wide path (device.py): attention.comp's math, with keys and values read
 // as 64-bit words and the query (then each probability) shared over the subgroup by
 // broadcast. A full layer's slot is position - base, so only slots up to the query's own
-// (`slots`, as kv_store wrote it) can be visible: the loops stop there.
+// (`slots`, the slot kv_store put its key in) can be visible: the loops stop there.
 layout(local_size_x = 64) in;
 #if SG <= 16
 layout(std430, binding = 0) readonly buffer Q { uint64_t x2[]; };
