@@ -142,6 +142,13 @@ def pytest_runtest_logreport(report):
 _results: dict = {}
 
 
+def _settings(rt) -> dict:
+    """The runtime's own settings (device, kernel path, memory), where it reports them."""
+    if not hasattr(rt, "settings") or not rt.availability().ok:
+        return {}
+    return {"settings": rt.settings()}
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     counts = {k: sum(1 for r in _results.values() if r["outcome"] == k) for k in OUTCOMES}
@@ -156,7 +163,7 @@ def pytest_sessionfinish(session, exitstatus):
             "machine": {"label": os.environ.get("G4C_MACHINE") or platform.node(), "node": platform.node(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "python": platform.python_version()},
             "runtimes": {n: {"available": rt.availability().ok, "reason": rt.availability().reason,
-                             "precision": getattr(rt, "precision", "f32")}
+                             "precision": getattr(rt, "precision", "f32"), **_settings(rt)}
                          for n, rt in config._g4c_runtimes.items()},
             "fault": config.getoption("--fault"),
             "counts": counts,

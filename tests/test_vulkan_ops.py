@@ -108,3 +108,52 @@ def test_forward_on_both_paths(dev, path, qtype):
         rows.append(np.asarray(sess.decode([t]))[0])
     assert_logits_close(np.array(rows), ref[:-1], tol, tol.logit_max_abs(model.config, ref), np.arange(73),
                         what=f"{path} path logits")
+
+
+@pytest.fixture
+def staged(dev):
+    """Device-local memory never mapped (as on a discrete GPU), restored afterwards."""
+    was, dev.staging = dev.staging, True
+    yield dev
+    dev.staging = was
+
+
+def test_staged_device_memory(staged):
+    """Weights, caches and activations in device-local memory that the host never maps (a
+    discrete GPU's; forced here with Device.staging): uploads through the staging buffer,
+    the full-layer cache grown by device copies (300 tokens > 256 slots), a rewind, a
+    second sequence, a restart after a gap (whose old slots must be emptied on the device),
+    a reset, all against the float64 reference."""
+    from conformance.harness import load_model, prompt, reference_logits
+    from g4c import tolerance
+    from g4c.compare import assert_logits_close
+    from runtimes.vulkan.runtime import VulkanRuntime
+
+    rt = VulkanRuntime()
+    rt._dev = staged
+    model = load_model("tiny", "Q4_K")
+    sess = rt.load(model, 512, 2)
+    tol = tolerance.for_runtime(rt)
+    local = [b for m in [*sess.mat.values(), sess.head] for _, _, b in m.chunks] + list(sess.vec.values())
+    sess.prefill([1])
+    local += [*sess.kc.values(), *sess.vc.values(), *sess.kpos.values(), *sess._io.values()]
+    assert not any(b.mapped for b in local), "a device-local buffer was mapped although staging was forced"
+    tol = tolerance.for_runtime(rt)
+
+    def check(got, toks, rows, what, start=0):
+        ref = reference_logits(model, tuple(int(t) for t in toks), start)[rows]
+        assert_logits_close(np.asarray(got), ref, tol, tol.logit_max_abs(model.config, ref), np.asarray(rows), what=what)
+
+    a = prompt(300, model.n_vocab, seed=7)
+    check(sess.prefill(list(a), seq=0), a, np.arange(300), "prefill of 300 (the full cache grows past 256)")
+    b = a[:280] + prompt(12, model.n_vocab, seed=8)
+    check(sess.prefill(list(b[280:]), start_pos=280, seq=0), b, np.arange(280, 292), "rewind to 280")
+    c = prompt(40, model.n_vocab, seed=9)
+    check(sess.prefill(list(c), seq=1), c, np.arange(40), "second sequence")
+    step = sess.decode([int(b[-1]), int(c[-1])])
+    check(step[:1], b + b[-1:], [292], "decode, sequence 0")
+    check(step[1:2], c + c[-1:], [40], "decode, sequence 1")
+    d = prompt(10, model.n_vocab, seed=10)  # a gap after position 40: restart at 45, old keys in the window
+    check(sess.prefill(list(d), start_pos=45, seq=1), d, np.arange(10), "restart at 45", start=45)
+    sess.reset()
+    check(sess.prefill(list(c[:20]), seq=0), c[:20], np.arange(20), "after reset")

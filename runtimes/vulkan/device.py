@@ -12,6 +12,13 @@ overrides; `Device.wide` may be switched between sessions (the tests run both pa
 GLSL in shaders/*.comp, compiled by glslang (`glslangValidator`, Debian glslang-tools) with
 -D defines, and cached as SPIR-V by the hash of source, includes and defines under
 $G4C_CACHE/spirv (no binaries are committed).
+
+Memory: weights, caches and activations live in device-local memory (on a discrete GPU its
+own memory, not the host-visible window), the inputs the host writes and the logits it reads
+in host-visible twins copied at the start and end of a batch. Where device-local memory is
+host-visible too (lavapipe, integrated GPUs) it is mapped and written directly; elsewhere,
+or with G4C_VULKAN_STAGING=1 (or `Device.staging`, for buffers made afterwards), uploads go
+through a staging buffer and transfer copies.
 """
 
 from __future__ import annotations
@@ -72,45 +79,57 @@ def compile_shader(name: str, defines: dict[str, int | str]) -> bytes:
 
 
 _serial = itertools.count()
+STAGE = 32 << 20  # bytes of the staging buffer that uploads to unmapped device-local memory pass through
 
 
 class Buffer:
-    """A host-visible, coherent storage buffer (lavapipe's memory is host memory anyway).
-    `key` is unique for the life of the process (Python ids are reused after collection, and
-    cached descriptor sets must never bind a newer buffer's id to an older VkBuffer)."""
+    """A storage buffer. `host` buffers are host-visible and coherent: the inputs the host
+    writes and the outputs it reads. Device-local ones (weights, caches, activations) are
+    mapped only where their memory is host-visible too (lavapipe, integrated GPUs) and the
+    device does not force staging; otherwise the host reaches them only through
+    Device.upload and copies. `key` is unique for the life of the process (Python ids are
+    reused after collection, and cached descriptor sets must never bind a newer buffer's id
+    to an older VkBuffer)."""
 
-    def __init__(self, dev: "Device", nbytes: int):
+    def __init__(self, dev: "Device", nbytes: int, host: bool = True):
         vk = dev.vk
         self.key = next(_serial)
         self.mem = None
-        self.dev, self.nbytes = dev, max(4, int(nbytes))
+        self.dev, self.nbytes = dev, max(4, -(-int(nbytes) // 4) * 4)  # fills and copies go by 4 bytes
         if self.nbytes > dev.max_binding:
             raise G4CError(f"buffer of {self.nbytes} bytes exceeds the device's storage binding limit of {dev.max_binding} "
                            f"({dev.name})")
+        usage = vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | vk.VK_BUFFER_USAGE_TRANSFER_SRC_BIT | vk.VK_BUFFER_USAGE_TRANSFER_DST_BIT
         self.buf = vk.vkCreateBuffer(dev.device, vk.VkBufferCreateInfo(
-            size=self.nbytes, usage=vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT, sharingMode=vk.VK_SHARING_MODE_EXCLUSIVE), None)
+            size=self.nbytes, usage=usage, sharingMode=vk.VK_SHARING_MODE_EXCLUSIVE), None)
         req = vk.vkGetBufferMemoryRequirements(dev.device, self.buf)
-        want = vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
-        kind = dev.memory_type(req.memoryTypeBits, want)
+        visible = vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
+        local = vk.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT
+        if host:  # cached where offered: the host reads logits back
+            kind = dev.memory_type(req.memoryTypeBits, visible, prefer=vk.VK_MEMORY_PROPERTY_HOST_CACHED_BIT)
+        else:  # a discrete GPU's own memory first, not its small host-visible window
+            kind = dev.memory_type(req.memoryTypeBits, local, avoid=vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)
+        flags = dev.memory_properties.memoryTypes[kind].propertyFlags
+        self.host = host
         self.mem = vk.vkAllocateMemory(dev.device, vk.VkMemoryAllocateInfo(allocationSize=req.size, memoryTypeIndex=kind), None)
         vk.vkBindBufferMemory(dev.device, self.buf, self.mem, 0)
-        self._map = vk.vkMapMemory(dev.device, self.mem, 0, self.nbytes, 0)
+        self.mapped = host or (not dev.staging and (flags & visible) == visible)
+        self._map = vk.vkMapMemory(dev.device, self.mem, 0, self.nbytes, 0) if self.mapped else None
+
+    def _mapping(self) -> np.ndarray:
+        if self._map is None:
+            raise G4CError(f"{self.dev.name}: a device-local buffer of {self.nbytes} bytes is not host-visible "
+                           "(reach it through Device.upload and copies)")
+        return np.frombuffer(self._map, np.uint8, self.nbytes)
 
     def write(self, data: np.ndarray, offset: int = 0) -> None:
         raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
         if offset + raw.nbytes > self.nbytes:
             raise G4CError(f"write of {raw.nbytes} bytes at {offset} overflows a buffer of {self.nbytes}")
-        self._view()[offset:offset + raw.nbytes] = raw
-
-    def _view(self) -> np.ndarray:
-        return np.frombuffer(self._map, np.uint8, self.nbytes)
-
-    def view(self, dtype) -> np.ndarray:
-        """The mapped memory as a writable numpy array (host-visible, coherent)."""
-        return self._view().view(dtype)
+        self._mapping()[offset:offset + raw.nbytes] = raw
 
     def read(self, dtype=np.float32, count: int | None = None) -> np.ndarray:
-        v = self._view().view(dtype)
+        v = self._mapping().view(dtype)
         return np.array(v if count is None else v[:count])
 
     def __del__(self):
@@ -123,7 +142,8 @@ class Buffer:
         vk = self.dev.vk
         if self.mem is not None:
             self.dev.forget([self])
-            vk.vkUnmapMemory(self.dev.device, self.mem)
+            if self._map is not None:
+                vk.vkUnmapMemory(self.dev.device, self.mem)
             vk.vkDestroyBuffer(self.dev.device, self.buf, None)
             vk.vkFreeMemory(self.dev.device, self.mem, None)
             self.mem = None
@@ -194,12 +214,24 @@ class Device:
         if forced == "wide" and self.wide_reason:
             raise DeviceUnavailableError(f"G4C_VULKAN_PATH=wide but {self.name} {self.wide_reason}")
         self.wide = forced != "baseline" and not self.wide_reason
+        staging = os.environ.get("G4C_VULKAN_STAGING", "")
+        if staging not in ("", "0", "1"):
+            raise G4CError(f"G4C_VULKAN_STAGING={staging!r}: expected 0 or 1")
+        self.staging = staging == "1"  # never map device-local memory, even where it is host-visible
+        # 16-bit storage, enabled where offered: only the load-width probe uses it (the wide path's
+        # 64-bit loads beat 16-bit ones on lavapipe; benchmarks/test_vulkan_loads.py measures it)
+        s16 = vk.VkPhysicalDevice16BitStorageFeatures()
+        if props[idx].apiVersion >= vk.VK_MAKE_VERSION(1, 1, 0):
+            vk.vkGetPhysicalDeviceFeatures2(self.physical, vk.VkPhysicalDeviceFeatures2(pNext=s16))
+        self.storage16 = bool(s16.storageBuffer16BitAccess)
         families = vk.vkGetPhysicalDeviceQueueFamilyProperties(self.physical)
         self.family = next(i for i, f in enumerate(families) if f.queueFlags & vk.VK_QUEUE_COMPUTE_BIT)
         self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(
             queueCreateInfoCount=1, pQueueCreateInfos=[vk.VkDeviceQueueCreateInfo(
                 queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])],
-            pEnabledFeatures=vk.VkPhysicalDeviceFeatures(shaderInt64=not self.wide_reason)), None)
+            pEnabledFeatures=vk.VkPhysicalDeviceFeatures(shaderInt64=not self.wide_reason),
+            pNext=vk.VkPhysicalDevice16BitStorageFeatures(storageBuffer16BitAccess=vk.VK_TRUE) if self.storage16 else None),
+            None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
         self.cmd_pool = vk.vkCreateCommandPool(self.device, vk.VkCommandPoolCreateInfo(
             queueFamilyIndex=self.family, flags=vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT), None)
@@ -207,6 +239,7 @@ class Device:
         self._pools: list = []
         self._sets: dict = {}
         self._pipelines: dict = {}
+        self._stage: Buffer | None = None
 
     def _wide_support(self, vk, props) -> tuple[int, str]:
         """(subgroup size, why the wide path cannot run here or "")."""
@@ -277,15 +310,72 @@ class Device:
         return sum(mp.memoryHeaps[i].size for i in range(mp.memoryHeapCount)
                    if mp.memoryHeaps[i].flags & self.vk.VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
 
-    def memory_type(self, bits: int, want: int) -> int:
+    def memory_type(self, bits: int, want: int, prefer: int = 0, avoid: int = 0) -> int:
+        """A memory type allowed by `bits` with all of `want`; among those, one with `prefer`
+        and without `avoid` if there is one."""
         mp = self.memory_properties
-        for i in range(mp.memoryTypeCount):
-            if bits & (1 << i) and (mp.memoryTypes[i].propertyFlags & want) == want:
-                return i
-        raise G4CError(f"{self.name}: no memory type with flags {want:#x}")
+        ok = [i for i in range(mp.memoryTypeCount)
+              if bits & (1 << i) and (mp.memoryTypes[i].propertyFlags & want) == want]
+        if not ok:
+            raise G4CError(f"{self.name}: no memory type with flags {want:#x}")
+        return max(ok, key=lambda i: (bool(mp.memoryTypes[i].propertyFlags & prefer) if prefer else 0,
+                                      not mp.memoryTypes[i].propertyFlags & avoid, -i))
 
-    def buffer(self, nbytes: int) -> Buffer:
-        return Buffer(self, nbytes)
+    def buffer(self, nbytes: int, host: bool = True) -> Buffer:
+        """A host-visible buffer, or with host=False a device-local one."""
+        return Buffer(self, nbytes, host)
+
+    def upload(self, buf: Buffer, data: np.ndarray, offset: int = 0) -> None:
+        """Write data into buf at offset: directly where buf is mapped, else through a
+        host-visible staging buffer and transfer copies of at most STAGE bytes."""
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        if offset + raw.nbytes > buf.nbytes:
+            raise G4CError(f"upload of {raw.nbytes} bytes at {offset} overflows a buffer of {buf.nbytes}")
+        if buf.mapped:
+            buf.write(raw, offset)
+            return
+        if self._stage is None:
+            self._stage = Buffer(self, min(STAGE, self.max_binding))
+        for a in range(0, raw.nbytes, self._stage.nbytes):
+            part = raw[a:a + self._stage.nbytes]
+            self._stage.write(part)
+            self.copy(self._stage, buf, [(0, offset + a, part.nbytes)])
+
+    def copy(self, src: Buffer, dst: Buffer, regions: list[tuple[int, int, int]]) -> None:
+        """Transfer (src offset, dst offset, bytes) regions from src to dst, and wait."""
+        self.once(lambda cb: self.record_copy(cb, src, dst, regions))
+
+    def fill(self, buf: Buffer, word: int = 0) -> None:
+        """Set every 32-bit word of buf to `word` on the device, and wait."""
+        self.once(lambda cb: self.vk.vkCmdFillBuffer(cb, buf.buf, 0, buf.nbytes, word))
+
+    def record_copy(self, cb, src: Buffer, dst: Buffer, regions: list[tuple[int, int, int]]) -> None:
+        vk = self.vk
+        vk.vkCmdCopyBuffer(cb, src.buf, dst.buf, len(regions),
+                           [vk.VkBufferCopy(srcOffset=a, dstOffset=b, size=n) for a, b, n in regions])
+
+    def transfer_barrier(self, cb, to_host: bool = False) -> None:
+        """Order transfers and compute dispatches both ways; to_host: also make everything
+        written so far visible to host reads after the fence."""
+        vk = self.vk
+        every = vk.VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | vk.VK_PIPELINE_STAGE_TRANSFER_BIT
+        rw = (vk.VK_ACCESS_SHADER_WRITE_BIT | vk.VK_ACCESS_TRANSFER_WRITE_BIT | vk.VK_ACCESS_SHADER_READ_BIT
+              | vk.VK_ACCESS_TRANSFER_READ_BIT)
+        mb = vk.VkMemoryBarrier(srcAccessMask=rw | vk.VK_ACCESS_HOST_WRITE_BIT,
+                                dstAccessMask=rw | (vk.VK_ACCESS_HOST_READ_BIT if to_host else 0))
+        vk.vkCmdPipelineBarrier(cb, every, every | (vk.VK_PIPELINE_STAGE_HOST_BIT if to_host else 0),
+                                0, 1, [mb], 0, None, 0, None)
+
+    def once(self, record) -> None:
+        """Record a one-time command buffer with record(cb), submit it and wait."""
+        vk = self.vk
+        cb = self.command_buffer()
+        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
+        record(cb)
+        self.transfer_barrier(cb, to_host=True)
+        vk.vkEndCommandBuffer(cb)
+        self.submit(cb)
+        vk.vkFreeCommandBuffers(self.device, self.cmd_pool, 1, [cb])
 
     def pipeline(self, name: str, defines: dict, n_bindings: int, n_push: int) -> Pipeline:
         key = (name, tuple(sorted(defines.items())))
@@ -310,10 +400,4 @@ class Device:
 
     def run(self, pipeline: Pipeline, buffers: list[Buffer], push: list[int], groups: tuple[int, int, int]) -> None:
         """One dispatch, recorded, submitted and waited for (op-level use; a forward records many)."""
-        vk = self.vk
-        cb = self.command_buffer()
-        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=vk.VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT))
-        pipeline.record(cb, buffers, push, groups)
-        vk.vkEndCommandBuffer(cb)
-        self.submit(cb)
-        vk.vkFreeCommandBuffers(self.device, self.cmd_pool, 1, [cb])
+        self.once(lambda cb: pipeline.record(cb, buffers, push, groups))

@@ -1,10 +1,11 @@
 """Vulkan runtime: the Gemma 4 (and Gemma 3) forward in GLSL compute shaders.
 
-Weights are uploaded once, in their quantized form; a matrix larger than the device's
-storage-binding limit (lavapipe: 128 MiB) is split into row chunks. Per forward, the host
-writes the inputs (embedding rows, RoPE cos/sin tables, token positions and sequences, KV
-slots) into persistent buffers and replays a command buffer recorded once per batch shape:
-decode steps reuse theirs until a full-layer cache grows. Prefill runs micro-batches of
+Weights are uploaded once to device-local memory, in their quantized form; a matrix larger
+than the device's storage-binding limit (lavapipe: 128 MiB) is split into row chunks. Per
+forward, the host writes the inputs (embedding rows, RoPE cos/sin tables, token positions
+and sequences, KV slots) into persistent host-visible buffers and replays a command buffer
+recorded once per batch shape, which copies them to the device, runs the layers and copies
+the logits back: decode steps reuse theirs until a full-layer cache grows. Prefill runs micro-batches of
 UBATCH tokens through the tiled matmul shader; decode of up to 16 sequences reads each
 weight row once for all of them (matvec shader).
 
@@ -35,10 +36,11 @@ MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "
 NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 ADD, SCALE, GELU_MUL, SOFTCAP, COPY = range(5)
 # the bindings each shader writes (the rest it only reads)
-WRITES = {"matvec": (2,), "matmul": (2,), "matvec_wide": (2,), "matmul_wide": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4), "attention": (5, 6),
+WRITES = {"matvec": (2,), "matmul": (2,), "matvec_wide": (2,), "matmul_wide": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4, 6), "attention": (5, 6),
           "elementwise": (0,), "dequant": (1,), "attention_wide": (5, 6)}
 
 
+INPUTS = ("x", "tok", "slot_swa", "slot_full", "cs_swa", "cs_full")  # written by the host per batch
 PAD = 16  # bytes after every weight buffer: the wide path reads one 64-bit word past a span
 
 
@@ -91,6 +93,12 @@ class VulkanRuntime:
             return Availability(False, "glslangValidator is not installed (Debian glslang-tools)")
         return Availability(True)
 
+    def settings(self) -> dict:
+        """What results depend on: the device, the kernel path, how device memory is reached."""
+        dev = self.device()
+        return {"device": dev.name, "path": "wide" if dev.wide else "baseline", "subgroup_size": dev.subgroup_size,
+                "staging": dev.staging, "storage16": dev.storage16}
+
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "VulkanSession":
         return VulkanSession(self.device(), model, max_context, n_seq, trace)
 
@@ -113,7 +121,9 @@ class VulkanRuntime:
 
         dev = self.device()
         rows, cols = 4096, 4096
-        w, x, y = dev.buffer(rows * cols * 4 + PAD), dev.buffer(cols * 4), dev.buffer(rows * 4)
+        w, x, y = (dev.buffer(n, host=False) for n in (rows * cols * 4 + PAD, cols * 4, rows * 4))
+        for b in (w, x):
+            dev.fill(b)
         name, defines, groups = matrix_kernel(dev, dev.wide, quants.QT.F32, rows, 1)
         p = dev.pipeline(name, defines, 3, 7)
         best = math.inf
@@ -160,8 +170,9 @@ class _Matrix:
         self.chunks = []
         for a in range(0, self.n_rows, per):
             part = np.ascontiguousarray(raw[a:a + per])
-            buf = dev.buffer(part.nbytes + PAD)
-            buf.write(part)
+            buf = dev.buffer(part.nbytes + PAD, host=False)
+            dev.upload(buf, part)
+            dev.upload(buf, np.zeros(PAD, np.uint8), part.nbytes)
             self.chunks.append((a, len(part), buf))
 
 
@@ -217,8 +228,8 @@ class VulkanSession:
                 pass
 
     def _upload(self, arr: np.ndarray):
-        b = self.dev.buffer(arr.nbytes)
-        b.write(np.ascontiguousarray(arr, F32))
+        b = self.dev.buffer(arr.nbytes, host=False)
+        self.dev.upload(b, np.ascontiguousarray(arr, F32))
         return b
 
     # -- caches -----------------------------------------------------------------------------
@@ -226,17 +237,28 @@ class VulkanSession:
         return self.ring if s.sliding else self.cap_full
 
     def _alloc_caches(self) -> None:
-        self.kc, self.vc, self.kpos = {}, {}, {}
+        """Device-local K and V caches, zeroed (attention multiplies masked slots' values by
+        a probability of 0, which garbage NaN bits would survive), and the key position of
+        every slot (-1: empty) on the device, written there by kv_store, with a host copy
+        (kpos_host) that reset and truncation edit and upload."""
+        self.kc, self.vc, self.kpos, self.kpos_host = {}, {}, {}, {}
         for s in self.cfg.layers:
             n = self.n_seq * self._cap(s)
             row = s.n_head_kv * s.head_dim * 4
-            self.kc[s.index], self.vc[s.index] = self.dev.buffer(n * row), self.dev.buffer(n * row)
-            self.kpos[s.index] = self.dev.buffer(n * 4)
-            self.kpos[s.index].write(np.full(n, -1, np.int32))
+            self.kc[s.index], self.vc[s.index] = self._zeroed(n * row), self._zeroed(n * row)
+            self.kpos_host[s.index] = np.full(n, -1, np.int32)
+            self.kpos[s.index] = self.dev.buffer(n * 4, host=False)
+            self.dev.upload(self.kpos[s.index], self.kpos_host[s.index])
+
+    def _zeroed(self, nbytes: int):
+        b = self.dev.buffer(nbytes, host=False)
+        self.dev.fill(b)
+        return b
 
     def _grow_full(self, need: int) -> None:
         """Full-layer caches to at least `need` slots per sequence (doubling, up to max_context):
-        contents moved by the host (the memory is host-visible), recorded batches dropped."""
+        K and V copied on the device, sequence by sequence, into zeroed larger buffers; slot
+        positions grown on the host and uploaded; recorded batches dropped."""
         new = self.cap_full
         while new < need:
             new = min(2 * new, self.max_context)
@@ -244,16 +266,17 @@ class VulkanSession:
         for s in self.cfg.layers:
             if s.sliding:
                 continue
-            row = s.n_head_kv * s.head_dim
-            bufs = []
-            for src, dtype, width, fill in ((self.kc, F32, row, 0), (self.vc, F32, row, 0), (self.kpos, np.int32, 1, -1)):
-                data = src[s.index].read(dtype, self.n_seq * old * width).reshape(self.n_seq, old, width)
-                grown = np.full((self.n_seq, new, width), fill, dtype)
-                grown[:, :old] = data
-                buf = self.dev.buffer(grown.nbytes)
-                buf.write(grown)
-                bufs.append(src[s.index])
-                src[s.index] = buf
+            i, row = s.index, s.n_head_kv * s.head_dim * 4
+            bufs = [self.kc[i], self.vc[i], self.kpos[i]]
+            for cache in (self.kc, self.vc):
+                grown = self._zeroed(self.n_seq * new * row)
+                self.dev.copy(cache[i], grown, [(q * old * row, q * new * row, old * row) for q in range(self.n_seq)])
+                cache[i] = grown
+            kp = np.full((self.n_seq, new), -1, np.int32)
+            kp[:, :old] = self.kpos_host[i].reshape(self.n_seq, old)
+            self.kpos_host[i] = kp.reshape(-1)
+            self.kpos[i] = self.dev.buffer(kp.nbytes, host=False)
+            self.dev.upload(self.kpos[i], kp)
             self.dev.forget(bufs)
             for b in bufs:
                 b.free()
@@ -270,16 +293,22 @@ class VulkanSession:
             self.base = [0] * self.n_seq
             self.next_pos = [0] * self.n_seq
         for q in seqs:
-            for s in self.cfg.layers:
-                cap = self._cap(s)
-                self.kpos[s.index].write(np.full(cap, -1, np.int32), q * cap * 4)
+            self._edit_kpos(q, lambda kp: kp.fill(-1))
             self.base[q], self.next_pos[q] = 0, 0
 
     def _truncate(self, q: int, start: int) -> None:
+        self._edit_kpos(q, lambda kp: kp.__setitem__(kp >= start, -1))
+
+    def _edit_kpos(self, q: int, edit) -> None:
+        """Apply edit to sequence q's slot positions in every layer, on the host copy, and
+        upload the layers where it changed something."""
         for s in self.cfg.layers:
             cap = self._cap(s)
-            kp = self.kpos[s.index].view(np.int32)[q * cap:(q + 1) * cap]
-            kp[kp >= start] = -1
+            kp = self.kpos_host[s.index][q * cap:(q + 1) * cap]
+            was = kp.copy()
+            edit(kp)
+            if not np.array_equal(was, kp):
+                self.dev.upload(self.kpos[s.index], kp, q * cap * 4)
 
     def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
         toks = check_tokens(tokens, self.n_vocab)
@@ -297,22 +326,22 @@ class VulkanSession:
 
     # -- forward ------------------------------------------------------------------------------
     def _io_buffers(self):
-        """Persistent inputs and activations for a micro-batch of up to max(UBATCH, n_seq) rows."""
+        """Persistent device-local inputs and activations for a micro-batch of up to
+        max(UBATCH, n_seq) rows; the inputs (INPUTS) and the logits also have host-visible
+        twins (_in, _out), copied from and to at the start and end of each batch."""
         if self._io is None:
             c = self.cfg
             n = max(UBATCH, self.n_seq)
             E, HD = c.n_embd, c.n_head * max(s.head_dim for s in c.layers)
             KD = max(s.n_head_kv * s.head_dim for s in c.layers)
             F = max(s.n_ff for s in c.layers)
-            b = self.dev.buffer
-            self._io = {
-                "x": b(n * E * 4), "h": b(n * E * 4), "t": b(n * E * 4), "q": b(n * HD * 4), "a": b(n * HD * 4),
-                "k": b(n * KD * 4), "v": b(n * KD * 4), "g": b(n * F * 4), "u": b(n * F * 4),
-                "logits": b(n * self.n_vocab * 4), "tok": b(n * 2 * 4),
-                "slot_swa": b(n * 4), "slot_full": b(n * 4),
-                "cs_swa": b(n * max(s.n_rot for s in c.layers) * 4), "cs_full": b(n * max(s.n_rot for s in c.layers) * 4),
-                "dummy": b(4),
-            }
+            R = max(s.n_rot for s in c.layers)
+            sizes = {"x": n * E, "h": n * E, "t": n * E, "q": n * HD, "a": n * HD, "k": n * KD, "v": n * KD,
+                     "g": n * F, "u": n * F, "logits": n * self.n_vocab, "tok": n * 2, "slot_swa": n, "slot_full": n,
+                     "cs_swa": n * R, "cs_full": n * R, "dummy": 1}
+            self._io = {k: self.dev.buffer(4 * v, host=False) for k, v in sizes.items()}
+            self._in = {k: self.dev.buffer(4 * sizes[k]) for k in INPUTS}
+            self._out = self.dev.buffer(4 * sizes["logits"])
         return self._io
 
     def _scores_buffer(self, n: int):
@@ -333,21 +362,22 @@ class VulkanSession:
         io = self._io_buffers()
         scores = self._scores_buffer(n)
         # inputs: embeddings, positions and sequences, cache slots and positions, RoPE tables
-        io["x"].write(self.embd.take(toks) * F32(c.embd_scale))
-        io["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
+        inp = self._in
+        inp["x"].write(self.embd.take(toks) * F32(c.embd_scale))
+        inp["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
         slot_swa = (seqs * self.ring + pos % self.ring).astype(np.int32)
         slot_full = (seqs * self.cap_full + (pos - np.asarray(self.base)[seqs])).astype(np.int32)
-        io["slot_swa"].write(slot_swa)
-        io["slot_full"].write(slot_full)
-        for s in c.layers:  # the key positions the new rows take
-            self.kpos[s.index].view(np.int32)[slot_swa if s.sliding else slot_full] = pos
+        inp["slot_swa"].write(slot_swa)
+        inp["slot_full"].write(slot_full)
+        for s in c.layers:  # the key positions the new rows take (kv_store writes the device's)
+            self.kpos_host[s.index][slot_swa if s.sliding else slot_full] = pos
         for kind in ("swa", "full"):
             spec = next((s for s in c.layers if s.sliding == (kind == "swa")), None)
             if spec is None:
                 continue
             ang = pos.astype(F32)[:, None] * self.inv_freq[spec.index][None, :]
-            io[f"cs_{kind}"].write(np.concatenate([np.cos(ang.astype(np.float64)), np.sin(ang.astype(np.float64))], 1)
-                                   .astype(F32))
+            inp[f"cs_{kind}"].write(np.concatenate([np.cos(ang.astype(np.float64)), np.sin(ang.astype(np.float64))], 1)
+                                    .astype(F32))
         key = (n, all_logits, self.trace is not None)
         cb = self._recorded.get(key)
         if cb is None:
@@ -359,7 +389,7 @@ class VulkanSession:
             self._read_trace(n)
             self.dev.vk.vkFreeCommandBuffers(self.dev.device, self.dev.cmd_pool, 1, [cb])
         rows = n if all_logits else 1
-        return io["logits"].read(F32, rows * self.n_vocab).reshape(rows, self.n_vocab)
+        return self._out.read(F32, rows * self.n_vocab).reshape(rows, self.n_vocab)
 
     def _record(self, n: int, all_logits: bool, scores):
         dev, vk, c, io = self.dev, self.dev.vk, self.cfg, self._io
@@ -370,6 +400,9 @@ class VulkanSession:
         self._read: set = set()
         self._trace_bufs = []
         E = c.n_embd
+        for k in INPUTS:  # the batch's rows of each input, from its host-visible twin
+            dev.record_copy(cb, self._in[k], io[k], [(0, 0, n * self._in[k].nbytes // max(UBATCH, self.n_seq))])
+        dev.transfer_barrier(cb)
         for s in c.layers:
             i = s.index
             H, Hkv, d = c.n_head, s.n_head_kv, s.head_dim
@@ -389,8 +422,8 @@ class VulkanSession:
                 self._dispatch("rope", {}, [buf, cs], [n, heads, d, s.n_rot], _grid(-(-n * heads * (s.n_rot // 2) // 64)))
             cap = self._cap(s)
             slots = io["slot_swa" if s.sliding else "slot_full"]
-            self._dispatch("kv_store", {}, [io["k"], io["v"], slots, self.kc[i], self.vc[i]], [n, Hkv * d],
-                           _grid(-(-n * Hkv * d // 64)))
+            self._dispatch("kv_store", {}, [io["k"], io["v"], slots, self.kc[i], self.vc[i], io["tok"], self.kpos[i]],
+                           [n, Hkv * d], _grid(-(-n * Hkv * d // 64)))
             scale = float(c.attn_scale_swa if s.sliding else c.attn_scale_full)
             push = [n, H, Hkv, d, cap, c.window if s.sliding else 0, scale]
             bufs = [io["q"], self.kc[i], self.vc[i], self.kpos[i], io["tok"], scores, io["a"]]
@@ -418,6 +451,9 @@ class VulkanSession:
         self._mm_w(self.head, io["h"], io["logits"], rows, x_off=(n - rows) * E)
         if c.final_softcap:
             self._ew(io["logits"], io["dummy"], rows * self.n_vocab, SOFTCAP, float(c.final_softcap))
+        dev.transfer_barrier(cb)
+        dev.record_copy(cb, io["logits"], self._out, [(0, 0, rows * self.n_vocab * 4)])
+        dev.transfer_barrier(cb, to_host=True)
         vk.vkEndCommandBuffer(cb)
         return cb
 
@@ -457,7 +493,7 @@ class VulkanSession:
     def _traced(self, layer: int, op: str, src, count: int) -> None:
         if self.trace is None:
             return
-        dst = self.dev.buffer(count * 4)
+        dst = self.dev.buffer(count * 4)  # host-visible: read back after the batch
         self._ew(dst, src, count, COPY)
         self._trace_bufs.append(((layer, op), dst, count))
 
