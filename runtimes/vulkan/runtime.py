@@ -5,9 +5,9 @@ than the device's storage-binding limit (lavapipe: 128 MiB) is split into row ch
 forward, the host writes the inputs (embedding rows, RoPE cos/sin tables, token positions
 and sequences, KV slots) into persistent host-visible buffers and replays a command buffer
 recorded once per batch shape, which copies them to the device, runs the layers and copies
-the logits back: decode steps reuse theirs until a full-layer cache grows. Prefill runs micro-batches of
-UBATCH tokens through the tiled matmul shader; decode of up to 16 sequences reads each
-weight row once for all of them (matvec shader).
+the logits back: decode steps reuse theirs until a full-layer cache grows. Prefill runs
+micro-batches of UBATCH tokens through the tiled matmul shader; decode of up to 16
+sequences reads each weight row once for all of them (matvec shader).
 
 KV caches are f32, per sequence: sliding layers a ring of W + UBATCH slots (slot = position
 mod that), so a micro-batch never evicts a key one of its own rows still needs; full layers
