@@ -110,7 +110,6 @@ class Buffer:
         else:  # a discrete GPU's own memory first, not its small host-visible window
             kind = dev.memory_type(req.memoryTypeBits, local, avoid=vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)
         flags = dev.memory_properties.memoryTypes[kind].propertyFlags
-        self.host = host
         self.mem = vk.vkAllocateMemory(dev.device, vk.VkMemoryAllocateInfo(allocationSize=req.size, memoryTypeIndex=kind), None)
         vk.vkBindBufferMemory(dev.device, self.buf, self.mem, 0)
         self.mapped = host or (not dev.staging and (flags & visible) == visible)
