@@ -359,7 +359,7 @@ class VulkanSession:
         need = int(max(pos[i] - self.base[int(seqs[i])] for i in range(n))) + 1
         if need > self.cap_full:
             self._grow_full(need)
-        io = self._io_buffers()
+        self._io_buffers()  # made on first use, with their host twins _in and _out
         scores = self._scores_buffer(n)
         # inputs: embeddings, positions and sequences, cache slots and positions, RoPE tables
         inp = self._in
