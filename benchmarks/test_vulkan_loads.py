@@ -36,7 +36,7 @@ def test_load_width(benchmark, probe, kind):
     dev, a, out = probe
     if kind in ("uint16_t", "f16vec4") and not dev.storage16:
         pytest.skip(f"{dev.name} has no 16-bit storage buffer access")
-    if kind == "uint64_t" and dev.wide_reason == "has no shaderInt64":
+    if kind == "uint64_t" and not dev.int64:
         pytest.skip(f"{dev.name} has no shaderInt64")
     code, width = KINDS[kind]
     p = dev.pipeline("load_probe", {"KIND": code}, 2, 1)

@@ -206,6 +206,7 @@ class Device:
         self.physical, self.name = physical[idx], names[idx]
         self.max_binding = int(props[idx].limits.maxStorageBufferRange)
         self.is_cpu = props[idx].deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_CPU
+        self.int64 = bool(vk.vkGetPhysicalDeviceFeatures(self.physical).shaderInt64)  # enabled where offered
         self.subgroup_size, self.wide_reason = self._wide_support(vk, props[idx])
         forced = os.environ.get("G4C_VULKAN_PATH", "")
         if forced not in ("", "baseline", "wide"):
@@ -228,7 +229,7 @@ class Device:
         self.device = vk.vkCreateDevice(self.physical, vk.VkDeviceCreateInfo(
             queueCreateInfoCount=1, pQueueCreateInfos=[vk.VkDeviceQueueCreateInfo(
                 queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])],
-            pEnabledFeatures=vk.VkPhysicalDeviceFeatures(shaderInt64=not self.wide_reason),
+            pEnabledFeatures=vk.VkPhysicalDeviceFeatures(shaderInt64=self.int64),
             pNext=vk.VkPhysicalDevice16BitStorageFeatures(storageBuffer16BitAccess=vk.VK_TRUE) if self.storage16 else None),
             None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
@@ -247,7 +248,7 @@ class Device:
             return 0, "is a Vulkan 1.0 device"
         vk.vkGetPhysicalDeviceProperties2(self.physical, vk.VkPhysicalDeviceProperties2(pNext=sg))
         size = int(sg.subgroupSize)
-        if not vk.vkGetPhysicalDeviceFeatures(self.physical).shaderInt64:
+        if not self.int64:
             return size, "has no shaderInt64"
         if not sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT:
             return size, "has no subgroup operations in compute shaders"
