@@ -137,7 +137,8 @@ def cmd_runtimes(args) -> int:
 
     for name, rt in discover().items():
         av = rt.availability()
-        print(f"{name:12s} {'available' if av.ok else 'unavailable: ' + av.reason}")
+        named = " (runs only when named: --runtime " + name + ")" if getattr(rt, "explicit_only", False) else ""
+        print(f"{name:12s} {'available' if av.ok else 'unavailable: ' + av.reason}{named}")
     return 0
 
 

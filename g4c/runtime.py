@@ -80,7 +80,9 @@ def discover() -> dict[str, Runtime]:
 def select(asked: Sequence[str]) -> dict[str, Runtime]:
     """The runtimes a run covers: those asked for (each must be registered and available),
     or every registered one when none is asked for (absent ones are skipped later, with
-    their reason). Raises G4CError naming what is wrong."""
+    their reason), less those that run only when named (a runtime whose `explicit_only`
+    is true, such as the CUDA emulator: correct, but far too slow for every run). Raises
+    G4CError naming what is wrong."""
     found = discover()
     unknown = [r for r in asked if r not in found]
     if unknown:
@@ -89,7 +91,7 @@ def select(asked: Sequence[str]) -> dict[str, Runtime]:
         av = found[name].availability()
         if not av.ok:
             raise G4CError(f"runtime {name} was asked for explicitly but is unavailable: {av.reason}")
-    return {n: found[n] for n in (asked or found)}
+    return {n: found[n] for n in (asked or [n for n, rt in found.items() if not getattr(rt, "explicit_only", False)])}
 
 
 def get(name: str) -> Runtime:

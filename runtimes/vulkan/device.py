@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from g4c.errors import DeviceUnavailableError, G4CError
+from g4c.paths import cache_dir
 
 SHADERS = Path(__file__).parent / "shaders"
 
@@ -48,8 +49,7 @@ def _vk():
 
 
 def spirv_cache() -> Path:
-    root = os.environ.get("G4C_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gemma4-conformance")
-    return Path(root) / "spirv"
+    return cache_dir() / "spirv"
 
 
 def compile_shader(name: str, defines: dict[str, int | str]) -> bytes:
