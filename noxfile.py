@@ -20,6 +20,11 @@ RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]
 LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"  # runtime -> what its session installs
 
 
+CUDA_EMU_CASES = ("test_weight_types or test_dense_logits or test_dense_decode or test_softcap or test_reset"
+                  " or (test_batched_decode_equals_single and emu-2) or (test_k_eq_v and not schema) or test_inputs"
+                  " or test_window_edge or (test_rope_long_position and tiny) or (test_greedy_parity and Q4_0)")
+
+
 def _machine() -> str:
     return os.environ.get("G4C_MACHINE") or platform.node() or "local"
 
@@ -27,7 +32,8 @@ def _machine() -> str:
 @nox.session
 def tests(session):
     """The whole test suite, then a real run turned into the report: unit tests, fault
-    injection and conformance of the cpu and vulkan runtimes (results kept), the benchmarks on the tiny
+    injection and conformance of the cpu and vulkan runtimes and of the cuda runtime on its
+    CPU emulator (results kept), the benchmarks on the tiny
     preset, the HTML report from those runs and the committed ones, and the report opened in
     headless Chromium (tests/test_report.py)."""
     session.install("-e", ".[dev]")
@@ -38,6 +44,11 @@ def tests(session):
     # baseline path too); cuda and llamacpp have their own sessions
     session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu", "--runtime", "vulkan",
                 "--results-json", f"reports/out/conformance-{label}.json", *session.posargs)
+    # the cuda runtime's kernels and host code on the CPU emulator (no GPU here): the cases
+    # that cover every kernel, the ring and window bounds, k_eq_v, batching and greedy
+    # decode, on the small presets (about 3 minutes; the whole suite takes over 15)
+    session.run("python", "-m", "pytest", "conformance", "--runtime", "cuda-emu", "-p", "no:cacheprovider",
+                "-k", CUDA_EMU_CASES, "--results-json", f"reports/out/conformance-cuda-emu-{label}.json")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", "--bench-runtime", "cpu",
                 "--benchmark-json", f"reports/out/bench-{label}.json", env={"G4C_MACHINE": label})
     session.run("python", "-m", "reports.build")

@@ -61,7 +61,7 @@ def main(out_path: str) -> None:
     x = cp.asarray(np.random.default_rng(1).standard_normal((1, model.config.n_embd)).astype(np.float32))
 
     def all_matvecs():
-        for name, w in sess.w.items():
+        for w in (w for ws in sess.mats.values() for w in ws):
             xin = x if w.n_cols == x.shape[1] else cp.ones((1, w.n_cols), cp.float32)
             k.matvec(w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes, xin)
         k.matvec(sess.head.raw, sess.head.qtype, sess.head.n_rows, sess.head.n_cols, sess.head.row_bytes, x)

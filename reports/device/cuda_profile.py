@@ -30,8 +30,9 @@ def main(out_path: str) -> None:
     cp = k.cp
     sess = rt.load(model, 1024, 1)
     res = {}
-    for name in ("blk.0.ffn_up.weight", "blk.0.ffn_down.weight", "blk.0.attn_q.weight", "blk.5.attn_k.weight"):
-        w = sess.w[name]
+    for layer, group in ((0, "ffn_gate_up"), (0, "ffn_down"), (0, "attn_qkv"), (5, "attn_qkv")):
+        w = sess.mats[layer, group][0]
+        name = f"blk.{layer}.{group}"
         x = cp.ones((1, w.n_cols), cp.float32)
         r = benchmark(k.matvec, (w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes, x), n_repeat=50, n_warmup=5)
         gpu = float(np.mean(r.gpu_times))

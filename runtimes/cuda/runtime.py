@@ -1,10 +1,14 @@
 """CUDA runtime: the Gemma 4 forward on CuPy RawModule kernels (kernels/*.cu), float32.
 
-Weights are uploaded once in their quantized form. A call with at most 16 rows (decode,
-batched decode of up to 16 sequences) runs fused dequantize-matvec kernels that read each
-weight row once for all rows; a longer call (prefill) dequantizes each matrix into a
-scratch buffer and multiplies through cuBLAS. The KV cache lives on the device: a ring of
-W slots on sliding layers, a growing buffer on full layers.
+Weights are uploaded once in their quantized form, the matrices that read the same input
+stacked by rows (q, k and v; gate and up) so that one launch multiplies them all. A call
+with at most 16 rows (decode, batched decode of up to 16 sequences) runs fused
+dequantize-matvec kernels that read each weight row once for all rows; a longer call
+(prefill) dequantizes each matrix into a scratch buffer and multiplies through cuBLAS.
+Around the matvecs a layer is four launches: the per-head norms and RoPE of q, k and v;
+attention in two (its splits, then their merge with the cache store); and the residual add
+of each sub-layer fused with the norm that follows it. The KV cache lives on the device: a
+ring of W slots on sliding layers, a growing buffer on full layers.
 """
 
 from __future__ import annotations
@@ -33,8 +37,30 @@ MATVEC_WARPS = 4  # warps per block, as in matvec.cu
 MATVEC_ROWS1 = {QT.F32: 2}  # rows per warp of the single-vector matvec (RowsPer in matvec.cu); 4 otherwise
 ATT_WARPS, ATT_MAX_D = 4, 512  # as in attention.cu
 ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT = 256, 64  # flash-decoding split of the visible keys
-MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# a layer's matrices by the input they read: one launch multiplies each group, stacked by rows
+GROUPS = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "attn_output": ("attn_output",),
+          "ffn_gate_up": ("ffn_gate", "ffn_up"), "ffn_down": ("ffn_down",)}
 NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+NORM_THREADS = 256  # threads of a row-norm block (qkv_prep uses 128: a head has at most 512 values)
+
+
+def stacks(model: Model, s: LayerSpec) -> dict[str, list[list[Weight]]]:
+    """Each group's tensors of layer s, in runs of one format and width that stack into one
+    matrix (a group mixing formats takes more than one launch). A missing tensor raises the
+    model's error naming it; V is absent on k_eq_v layers."""
+    out = {}
+    for group, names in GROUPS.items():
+        runs: list[list[Weight]] = []
+        for m in names:
+            if m == "attn_v" and not s.has_v:
+                continue
+            w = model.weight(f"blk.{s.index}.{m}.weight")
+            if runs and (runs[-1][0].qtype, runs[-1][0].n_cols) == (w.qtype, w.n_cols):
+                runs[-1].append(w)
+            else:
+                runs.append([w])
+        out[group] = runs
+    return out
 
 
 def _cupy():
@@ -98,7 +124,9 @@ class CudaRuntime:
         asked for), activations of a 512-row prefill and the attention partials."""
         c = model.config
         rows = min(512, n_ctx)
-        largest = max(4 * w.n_rows * w.n_cols for w in model.weights() if len(w.shape) > 1)
+        largest = max(4 * sum(w.n_rows for w in run) * run[0].n_cols
+                      for s in c.layers for runs in stacks(model, s).values() for run in runs)
+        largest = max(largest, 4 * model.n_vocab * c.n_embd)
         F = max(s.n_ff for s in c.layers)
         n_split = min(ATT_MAX_SPLIT, -(-n_ctx // ATT_KEYS_PER_SPLIT))
         scratch = (largest + rows * (6 * c.n_embd + 4 * c.n_head * c.head_dim_full + 3 * F) * 4
@@ -166,26 +194,26 @@ class Kernels:
             (raw, rows if rows is not None else np.uintp(0), out, np.int32(n_out), np.int32(n_cols), np.int64(row_bytes)))
         return out
 
-    def rms_norm(self, x, w, eps: float, n: int):
-        """x (..., n) rows normed; w None = weightless."""
-        cp = self.cp
-        x = cp.ascontiguousarray(x)
-        y = cp.empty_like(x)
-        rows = x.size // n
-        self.fn("rms_norm")((rows,), (256 if n >= 256 else 64,), (x, w if w is not None else np.uintp(0), y, np.int32(n), np.float32(eps)))
+    def rms_norm(self, x, w, eps: float):
+        """The rows of x (n, width) normed, times w."""
+        y = self.cp.empty_like(x)
+        self.fn("rms_norm")((x.shape[0],), (NORM_THREADS,), (x, w, y, np.int32(x.shape[1]), np.float32(eps)))
         return y
 
-    def rope(self, x, pos, inv_freq, n_rot: int):
-        n_tok, n_heads, d = x.shape
-        total = n_tok * n_heads * (n_rot // 2)
-        self.fn("rope_neox")(((total + 255) // 256,), (256,), (x, pos, inv_freq, np.int32(n_tok), np.int32(n_heads),
-                                                              np.int32(d), np.int32(n_rot)))
-        return x
+    def residual_norm(self, x, y, w_post, w_next, eps: float, scale: float = 1.0, y_normed=None):
+        """x = (x + rms_norm(y) * w_post) * scale in place; returns rms_norm(x) * w_next."""
+        h = self.cp.empty_like(x)
+        self.fn("residual_norm")((x.shape[0],), (NORM_THREADS,), (
+            x, y, w_post, w_next, h, np.uintp(0) if y_normed is None else y_normed, np.int32(x.shape[1]),
+            np.float32(eps), np.float32(scale)))
+        return h
 
-    def gelu_mul(self, gate, up):
-        n = gate.size
-        self.fn("gelu_mul")(((n + 255) // 256,), (256,), (gate, up, np.int64(n)))
-        return gate
+    def gelu_mul(self, gu):
+        """gelu_tanh(gate) * up from the fused gate and up projection (n, 2f)."""
+        n, f = gu.shape[0], gu.shape[1] // 2
+        out = self.cp.empty((n, f), self.cp.float32)
+        self.fn("gelu_mul")(((n * f + 255) // 256,), (256,), (gu, out, np.int32(f), np.int64(n * f)))
+        return out
 
     def softcap(self, x, cap: float):
         n = x.size
@@ -194,11 +222,19 @@ class Kernels:
 
 
 class _DeviceWeight:
-    def __init__(self, cp, w: Weight):
-        self.qtype, self.n_rows, self.n_cols = w.qtype, w.n_rows, w.n_cols
-        self.row_bytes = w.raw.shape[1]
-        self.raw = cp.asarray(np.ascontiguousarray(w.raw))
-        self.nbytes = w.nbytes
+    """A matrix on the device in its stored format: one tensor, or tensors of one format
+    and width stacked by rows."""
+
+    def __init__(self, cp, ws: Sequence[Weight]):
+        self.qtype, self.n_cols = ws[0].qtype, ws[0].n_cols
+        self.row_bytes = ws[0].raw.shape[1]
+        self.n_rows = sum(w.n_rows for w in ws)
+        self.raw = cp.empty((self.n_rows, self.row_bytes), cp.uint8)
+        r = 0
+        for w in ws:
+            self.raw[r : r + w.n_rows] = cp.asarray(np.ascontiguousarray(w.raw))
+            r += w.n_rows
+        self.nbytes = sum(w.nbytes for w in ws)
 
 
 class CudaSession:
@@ -219,14 +255,11 @@ class CudaSession:
                                free, f"{model.path} on cuda")
         self.max_context, self.n_seq, self.n_vocab = max_context, n_seq, model.n_vocab
         self.trace: dict | None = {} if trace else None
-        self.w = {}
-        for s in c.layers:
-            for m in MATRICES:
-                name = f"blk.{s.index}.{m}.weight"
-                if model.has(name):
-                    self.w[name] = _DeviceWeight(cp, model.weight(name))
-        self.embd = _DeviceWeight(cp, model.weight("token_embd.weight"))
-        self.head = self.embd if c.tied_output else _DeviceWeight(cp, model.weight("output.weight"))
+        # (layer, group) -> its matrices, usually one
+        self.mats = {(s.index, g): [_DeviceWeight(cp, run) for run in runs]
+                     for s in c.layers for g, runs in stacks(model, s).items()}
+        self.embd = _DeviceWeight(cp, [model.weight("token_embd.weight")])
+        self.head = self.embd if c.tied_output else _DeviceWeight(cp, [model.weight("output.weight")])
         self.norm = {f"blk.{s.index}.{n}.weight": cp.asarray(model.layer_weight(s.index, n).vector()) for s in c.layers for n in NORMS}
         self.out_scale = {s.index: float(model.layer_weight(s.index, "layer_output_scale").vector()[0])
                           for s in c.layers if s.has_output_scale}
@@ -347,11 +380,9 @@ class CudaSession:
             g["graph"].launch(stream)
             return g["out"].get(stream=stream)
 
-    def _mm(self, x, name: str):
-        w = self.w.get(name)
-        if w is None:
-            self.model.weight(name)  # raises the error naming the missing tensor
-        return self._mm_w(x, w)
+    def _mm(self, x, layer: int, group: str):
+        ys = [self._mm_w(x, w) for w in self.mats[layer, group]]
+        return ys[0] if len(ys) == 1 else self.cp.concatenate(ys, axis=1)
 
     def _mm_w(self, x, w: _DeviceWeight):
         if x.shape[0] <= MATVEC_NV[-1]:
@@ -370,17 +401,14 @@ class CudaSession:
         for q in np.unique(seqs):
             p0[q] = pos[seqs == q].min()
         span = pos - self.lo[seqs]
-        keep = np.ones(len(pos), bool)
+        ring_slot = (pos % self.ring).astype(np.int64)
         for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
             rows = np.flatnonzero(seqs == q)
-            keep[rows[: max(0, len(rows) - self.ring)]] = False
+            ring_slot[rows[: max(0, len(rows) - self.ring)]] = -1
         return {
             "ids": toks.astype(np.int64), "pos": pos.astype(np.int32), "seq": seqs.astype(np.int32),
             "lo": self.lo.astype(np.int32), "p0": p0.astype(np.int32),
-            "ring_rows": np.flatnonzero(keep).astype(np.int64), "ring_seq": seqs[keep].astype(np.int64),
-            "ring_slot": (pos[keep] % self.ring).astype(np.int64),
-            "full_rows": np.arange(len(pos), dtype=np.int64), "full_seq": seqs.astype(np.int64),
-            "full_slot": span.astype(np.int64),
+            "ring_slot": ring_slot, "full_slot": span.astype(np.int64),
             "max_keys_sliding": max(1, int(min(self.ring, span.max() + 1))), "max_keys_full": max(1, int(span.max() + 1)),
         }
 
@@ -398,34 +426,34 @@ class CudaSession:
         x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=dev["ids"]) * np.float32(c.embd_scale)
         if self.trace is not None:
             self.trace.clear()
-        for s in c.layers:
-            x = self._layer(s, x, dev)
+        h = self.k.rms_norm(x, self.norm[f"blk.{c.layers[0].index}.attn_norm.weight"], c.eps)
+        for j, s in enumerate(c.layers):
+            nxt = self.norm[f"blk.{c.layers[j + 1].index}.attn_norm.weight"] if j + 1 < len(c.layers) else self.output_norm
+            h = self._layer(s, x, h, nxt, dev)  # x updated in place; h: the next norm's output
         if not all_logits:
-            x = x[-1:]
-        h = self.k.rms_norm(x, self.output_norm, c.eps, c.n_embd)
+            h = h[-1:]
         logits = self._mm_w(h, self.head)
         if c.final_softcap is not None:
             self.k.softcap(logits, c.final_softcap)
         return logits
 
-    def _layer(self, s: LayerSpec, x, dev: dict):
+    def _layer(self, s: LayerSpec, x, h, next_norm, dev: dict):
+        """Layer s on the residual stream x (updated in place) from h = attn_norm(x); returns
+        next_norm(x) for what follows (the next layer's attn_norm, or the output norm)."""
         cp, c, k, i = self.cp, self.cfg, self.k, s.index
         n, H, Hkv, d = x.shape[0], c.n_head, s.n_head_kv, s.head_dim
         norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
-        mm = lambda a, name: self._mm(a, f"blk.{i}.{name}.weight")  # noqa: E731
-        h = k.rms_norm(x, norm("attn_norm"), c.eps, c.n_embd)
-        q = k.rms_norm(mm(h, "attn_q"), norm("attn_q_norm"), c.eps, d).reshape(n, H, d)
-        k_raw = mm(h, "attn_k")
-        v = mm(h, "attn_v") if s.has_v else k_raw  # k_eq_v: V is the raw K projection
-        kk = k.rms_norm(k_raw, norm("attn_k_norm"), c.eps, d).reshape(n, Hkv, d)
-        v = (k.rms_norm(v, None, c.eps, d) if c.v_norm else cp.ascontiguousarray(v)).reshape(n, Hkv, d)
-        k.rope(q, dev["pos"], self.inv_freq[i], s.n_rot)
-        k.rope(kk, dev["pos"], self.inv_freq[i], s.n_rot)
+        qkv = self._mm(h, i, "attn_qkv")
+        q, kk, v = cp.empty((n, H, d), cp.float32), cp.empty((n, Hkv, d), cp.float32), cp.empty((n, Hkv, d), cp.float32)
+        col_k = H * d
+        col_v = col_k + Hkv * d if s.has_v else col_k  # k_eq_v: V is the raw K projection
+        k.fn("qkv_prep")((n, H + 2 * Hkv), (128,), (
+            qkv, np.int64(qkv.shape[1]), np.int32(col_k), np.int32(col_v), norm("attn_q_norm"), norm("attn_k_norm"),
+            q, kk, v, dev["pos"], self.inv_freq[i], np.int32(H), np.int32(Hkv), np.int32(d), np.int32(s.n_rot),
+            np.float32(c.eps), np.int32(c.v_norm)))
         k_cache, v_cache = self.kv[i]
         n_slots = k_cache.shape[1]
         window = c.window if s.sliding else 0
-        kind = "ring" if s.sliding else "full"
-        rows, slot_seq, slots = dev[f"{kind}_rows"], dev[f"{kind}_seq"], dev[f"{kind}_slot"]
         max_keys = dev["max_keys_sliding" if s.sliding else "max_keys_full"]
         a = cp.empty((n, H, d), cp.float32)
         n_split = max(1, min(ATT_MAX_SPLIT, -(-max_keys // ATT_KEYS_PER_SPLIT)))
@@ -434,18 +462,20 @@ class CudaSession:
         k.fn("attention_split")((n, H, n_split), (32 * ATT_WARPS,), (
             q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["lo"], dev["p0"], np.int32(H), np.int32(Hkv),
             np.int32(d), np.int32(n_slots), np.int32(window), np.float32(scale), np.int32(s.sliding), np.int32(n_split)))
-        k.fn("attention_combine")((n, H), (128,), (part, a, np.int32(H), np.int32(d), np.int32(n_split)))
-        k_cache[slot_seq, slots] = kk[rows]  # after attention read the new keys from the batch
-        v_cache[slot_seq, slots] = v[rows]
-        attn_out = k.rms_norm(mm(a.reshape(n, H * d), "attn_output"), norm("post_attention_norm"), c.eps, c.n_embd)
-        x = x + attn_out
-        h = k.rms_norm(x, norm("ffn_norm"), c.eps, c.n_embd)
-        g = k.gelu_mul(mm(h, "ffn_gate"), mm(h, "ffn_up"))
-        ffn_out = k.rms_norm(mm(g, "ffn_down"), norm("post_ffw_norm"), c.eps, c.n_embd)
-        x = x + ffn_out
-        if s.has_output_scale:
-            x *= np.float32(self.out_scale[i])
-        if self.trace is not None:
+        # the merge then stores the new keys: after every split has read the cache
+        k.fn("attention_combine")((n, H), (128,), (
+            part, a, np.int32(H), np.int32(d), np.int32(n_split), kk, v, k_cache, v_cache,
+            dev["ring_slot" if s.sliding else "full_slot"], dev["seq"], np.int32(Hkv), np.int32(n_slots)))
+        traced = self.trace is not None
+        attn_out = cp.empty_like(x) if traced else None
+        h = k.residual_norm(x, self._mm(a.reshape(n, H * d), i, "attn_output"), norm("post_attention_norm"),
+                            norm("ffn_norm"), c.eps, y_normed=attn_out)
+        g = k.gelu_mul(self._mm(h, i, "ffn_gate_up"))
+        ffn_out = cp.empty_like(x) if traced else None
+        scale_out = self.out_scale[i] if s.has_output_scale else 1.0
+        h = k.residual_norm(x, self._mm(g, i, "ffn_down"), norm("post_ffw_norm"), next_norm, c.eps, scale_out,
+                            y_normed=ffn_out)
+        if traced:
             for op, val in (("attn_out", attn_out), ("ffn_out", ffn_out), ("layer_out", x)):
                 self.trace[(i, op)] = cp.asnumpy(val)
-        return x
+        return h

@@ -106,8 +106,15 @@ extern "C" __global__ void attention_split(
     }
 }
 
+// Merges the splits of block (row, head) into out, then stores the row's new key and value
+// into the cache (blocks of heads below Hkv, one KV head each) at slot[row] of its
+// sequence, unless slot[row] < 0 (a prefill row the ring does not keep). Storing here,
+// after every split has read the cache, keeps a prefill from overwriting keys it reads.
 extern "C" __global__ void attention_combine(const float* __restrict__ part, float* __restrict__ out, int H, int d,
-                                             int n_split) {
+                                             int n_split, const float* __restrict__ k_new,
+                                             const float* __restrict__ v_new, float* __restrict__ k_cache,
+                                             float* __restrict__ v_cache, const long long* __restrict__ slot,
+                                             const int* __restrict__ row_seq, int Hkv, int n_slots) {
     int r = blockIdx.x, h = blockIdx.y;
     const float* pr = part + ((long)r * H + h) * n_split * (d + 2);
     float m = -3.402823466e38f;
@@ -126,5 +133,12 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part, flo
             if (ls > 0.f) a += pr[sp * (d + 2) + j] * expf(pr[sp * (d + 2) + d] - m);
         }
         out[((long)r * H + h) * d + j] = a * inv;
+    }
+    long sl = slot[r];
+    if (h >= Hkv || sl < 0) return;
+    long src = ((long)r * Hkv + h) * d, dst = (((long)row_seq[r] * n_slots + sl) * Hkv + h) * d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        k_cache[dst + j] = k_new[src + j];
+        v_cache[dst + j] = v_new[src + j];
     }
 }
