@@ -60,7 +60,7 @@ def build(code: str) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    src = out.with_suffix(".cu")
+    src = out.with_suffix(f".{os.getpid()}.cu")  # per process: two builds may race, each renames its own result
     src.write_text(code)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     cmd = [cxx, *CXXFLAGS, f"-I{EMU_DIR}", "-include", str(EMU_DIR / "cuda_emu.h"), "-x", "c++", str(src),
@@ -69,6 +69,7 @@ def build(code: str) -> Path:
     if r.returncode:
         raise G4CError(f"g++ could not build the CUDA kernels for the emulator ({src}):\n{r.stderr[-4000:]}")
     tmp.replace(out)
+    src.unlink()
     return out
 
 
