@@ -426,10 +426,11 @@ class CudaSession:
         x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=dev["ids"]) * np.float32(c.embd_scale)
         if self.trace is not None:
             self.trace.clear()
-        h = self.k.rms_norm(x, self.norm[f"blk.{c.layers[0].index}.attn_norm.weight"], c.eps)
+        # each layer's input norm, then the output norm: a layer ends by computing the next one
+        norms = [self.norm[f"blk.{s.index}.attn_norm.weight"] for s in c.layers] + [self.output_norm]
+        h = self.k.rms_norm(x, norms[0], c.eps)
         for j, s in enumerate(c.layers):
-            nxt = self.norm[f"blk.{c.layers[j + 1].index}.attn_norm.weight"] if j + 1 < len(c.layers) else self.output_norm
-            h = self._layer(s, x, h, nxt, dev)  # x updated in place; h: the next norm's output
+            h = self._layer(s, x, h, norms[j + 1], dev)  # x updated in place
         if not all_logits:
             h = h[-1:]
         logits = self._mm_w(h, self.head)

@@ -28,6 +28,7 @@ import numpy as np
 
 from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.paths import cache_dir
+from g4c.runtime import Availability
 
 from ..runtime import CudaRuntime, Kernels
 
@@ -182,7 +183,7 @@ class cupy:  # noqa: N801 - stands where the cupy module does
 
     cuda = _Cuda
     RawModule = RawModule
-    float32, uint8, int32, int64 = np.float32, np.uint8, np.int32, np.int64
+    float32, uint8 = np.float32, np.uint8
     empty, zeros, empty_like = staticmethod(np.empty), staticmethod(np.zeros), staticmethod(np.empty_like)
     ascontiguousarray, copyto = staticmethod(np.ascontiguousarray), staticmethod(np.copyto)
     concatenate = staticmethod(np.concatenate)
@@ -203,9 +204,7 @@ class EmulatedCudaRuntime(CudaRuntime):
     backend = "CUDA emulator"
     explicit_only = True  # runs when asked for by name, never in a default run
 
-    def availability(self):
-        from g4c.runtime import Availability
-
+    def availability(self) -> Availability:
         try:
             compiler()
         except DeviceUnavailableError as e:

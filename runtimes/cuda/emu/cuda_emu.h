@@ -25,7 +25,6 @@ extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
 struct __attribute__((aligned(8))) float2 { float x, y; };
 struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
-struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 using std::max;
@@ -37,11 +36,6 @@ inline float __uint_as_float(unsigned u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    memcpy(&u, &f, 4);
-    return u;
 }
 
 // barriers: the scheduler resumes a fiber once every live thread of its warp (or block)

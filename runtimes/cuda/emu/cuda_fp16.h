@@ -1,5 +1,5 @@
 // The part of CUDA's cuda_fp16.h the kernels use, on the CPU: IEEE binary16 through
-// GCC's _Float16, whose conversions to and from float round as the GPU's do.
+// GCC's _Float16, whose conversion to float is exact, as the GPU's.
 #pragma once
 #include <string.h>
 
@@ -11,16 +11,9 @@ struct __attribute__((aligned(4))) __half2 {
 };
 
 inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
-inline unsigned short __half_as_ushort(__half h) { return h.x; }
 inline float __half2float(__half h) {
     _Float16 f;
     memcpy(&f, &h.x, 2);
     return (float)f;
-}
-inline __half __float2half(float v) {
-    _Float16 f = (_Float16)v;
-    __half h;
-    memcpy(&h.x, &f, 2);
-    return h;
 }
 inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
