@@ -133,11 +133,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_runtimes(args) -> int:
-    from .runtime import discover
+    from .runtime import discover, runs_by_default
 
     for name, rt in discover().items():
         av = rt.availability()
-        named = " (runs only when named: --runtime " + name + ")" if getattr(rt, "explicit_only", False) else ""
+        named = "" if runs_by_default(rt) else f" (runs only when named: --runtime {name})"
         print(f"{name:12s} {'available' if av.ok else 'unavailable: ' + av.reason}{named}")
     return 0
 
@@ -239,14 +239,15 @@ def cmd_run(args) -> int:
 
     import conformance
 
-    from .runtime import discover
+    from .runtime import discover, runs_by_default
 
     found = discover()
-    asked = args.runtime or [n for n, rt in found.items() if rt.availability().ok]
+    asked = args.runtime or [n for n, rt in found.items() if runs_by_default(rt) and rt.availability().ok]
     for name, rt in found.items():
         av = rt.availability()
         if name not in asked:
-            print(f"runtime {name}: skipped ({'not asked for' if av.ok else av.reason})")
+            why = av.reason if not av.ok else "not asked for" if runs_by_default(rt) else "runs only when named"
+            print(f"runtime {name}: skipped ({why})")
     if not asked:
         raise G4CError("no runtime is available")
     suite = os.path.dirname(conformance.__file__)

@@ -91,7 +91,12 @@ def select(asked: Sequence[str]) -> dict[str, Runtime]:
         av = found[name].availability()
         if not av.ok:
             raise G4CError(f"runtime {name} was asked for explicitly but is unavailable: {av.reason}")
-    return {n: found[n] for n in (asked or [n for n, rt in found.items() if not getattr(rt, "explicit_only", False)])}
+    return {n: found[n] for n in (asked or [n for n, rt in found.items() if runs_by_default(rt)])}
+
+
+def runs_by_default(rt: Runtime) -> bool:
+    """False for a runtime that runs only when named (`explicit_only`, e.g. the CUDA emulator)."""
+    return not getattr(rt, "explicit_only", False)
 
 
 def get(name: str) -> Runtime:

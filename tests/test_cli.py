@@ -84,6 +84,14 @@ def test_run_with_fault_fails_and_reports(tmp_path):
     assert "| cpu | 0 | 4 |" in r.stdout
 
 
+def test_run_leaves_out_runtimes_that_run_only_when_named(tmp_path):
+    """The quick start's `g4c run` takes every available runtime but the CUDA emulator."""
+    r = g4c("run", "--json", tmp_path / "r.json", "--", "-k", "test_softcap_bounds")
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert "runtime cuda-emu: skipped (runs only when named)" in r.stdout
+    assert "cuda-emu" not in json.loads((tmp_path / "r.json").read_text())["runtimes"]
+
+
 def test_runtimes_lists_cpu():
     r = g4c("runtimes")
     assert r.returncode == 0 and "cpu" in r.stdout and "available" in r.stdout
