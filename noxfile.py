@@ -20,9 +20,10 @@ RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]
 LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"  # runtime -> what its session installs
 
 
+# (the ring and window bounds: tests/test_cuda_emu.py, on a window of 32 rather than 1024)
 CUDA_EMU_CASES = ("test_weight_types or test_dense_logits or test_dense_decode or test_softcap or test_reset"
                   " or (test_batched_decode_equals_single and emu-2) or (test_k_eq_v and not schema) or test_inputs"
-                  " or test_window_edge or (test_rope_long_position and tiny) or (test_greedy_parity and Q4_0)")
+                  " or (test_rope_long_position and tiny) or (test_greedy_parity and Q4_0)")
 
 
 def _machine() -> str:
@@ -45,8 +46,8 @@ def tests(session):
     session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu", "--runtime", "vulkan",
                 "--results-json", f"reports/out/conformance-{label}.json", *session.posargs)
     # the cuda runtime's kernels and host code on the CPU emulator (no GPU here): the cases
-    # that cover every kernel, the ring and window bounds, k_eq_v, batching and greedy
-    # decode, on the small presets (about 3 minutes; the whole suite takes over 15)
+    # that cover every kernel, k_eq_v, batching and greedy decode, on the small presets
+    # (under 2 minutes; the whole suite takes over 20)
     session.run("python", "-m", "pytest", "conformance", "--runtime", "cuda-emu", "-p", "no:cacheprovider",
                 "-k", CUDA_EMU_CASES, "--results-json", f"reports/out/conformance-cuda-emu-{label}.json")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", "--bench-runtime", "cpu",

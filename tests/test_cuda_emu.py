@@ -146,3 +146,26 @@ def test_emulator_runs_only_when_named():
     assert "cuda-emu" in registry.discover()
     assert "cuda-emu" not in registry.select([])
     assert list(registry.select(["cuda-emu"])) == ["cuda-emu"]
+
+
+def test_ring_and_window_on_emulated_cuda():
+    """The CUDA runtime's ring and window bounds through the emulator, in seconds (CI's
+    conformance subset leaves out the 1026-position window test): a 70-token prefill on the
+    tiny preset, whose window of 32 makes the ring keep only the prefill's last 32 keys, then
+    decode steps that wrap the ring, against the float64 reference."""
+    from conformance.harness import load_model, prompt, reference_logits
+    from g4c import tolerance
+    from g4c.compare import assert_logits_close
+
+    rt = emu.EmulatedCudaRuntime()
+    tol = tolerance.for_runtime(rt)
+    model = load_model("tiny", "Q4_0")
+    assert model.config.window == 32
+    toks = prompt(74, model.n_vocab, seed=5)
+    ref = reference_logits(model, toks)
+    sess = rt.load(model, 128, 1)
+    rows = list(np.asarray(sess.prefill(list(toks[:70]))))
+    for t in toks[70:-1]:
+        rows.append(np.asarray(sess.decode([t]))[0])
+    assert_logits_close(np.array(rows), ref[:-1], tol, tol.logit_max_abs(model.config, ref), np.arange(73),
+                        what="emulated cuda logits")
