@@ -35,14 +35,13 @@ extern "C" __global__ void neighbour(const int* x, int* out, int sync) {
 
 // butterfly sum within each warp, then one value per warp of each kind of shuffle
 extern "C" __global__ void shuffles(const int* x, int* out) {
-    int t = threadIdx.x, lane = t & 31;
+    int t = threadIdx.x;
     int v = x[t], s = v;
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
     out[4 * t] = s;
     out[4 * t + 1] = __shfl_sync(0xffffffff, v, 3);
     out[4 * t + 2] = __shfl_down_sync(0xffffffff, v, 5);
     out[4 * t + 3] = (int)__shfl_xor_sync(0xffffffff, (double)v, 1);
-    (void)lane;
 }
 
 // lanes of one warp at different barriers: a deadlock on a GPU

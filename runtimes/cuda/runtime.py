@@ -84,16 +84,20 @@ class CudaRuntime:
     def __init__(self):
         self._kernels = None
 
+    def cupy(self):
+        """The array and kernel module the runtime runs on: CuPy on a CUDA device."""
+        return _cupy()
+
     def availability(self) -> Availability:
         try:
-            _cupy()
+            self.cupy()
         except DeviceUnavailableError as e:
             return Availability(False, str(e))
         return Availability(True)
 
     def kernels(self):
         if self._kernels is None:
-            self._kernels = Kernels(_cupy())
+            self._kernels = Kernels(self.cupy())
         return self._kernels
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "CudaSession":

@@ -28,9 +28,8 @@ import numpy as np
 
 from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.paths import cache_dir
-from g4c.runtime import Availability
 
-from ..runtime import CudaRuntime, Kernels
+from ..runtime import CudaRuntime
 
 EMU_DIR = Path(__file__).parent
 SOURCES = ("cuda_emu.h", "cuda_fp16.h", "scheduler.cpp")
@@ -144,26 +143,14 @@ class _Pool:
 
 
 class _Device:
-    id = 0
     compute_capability = "90"  # the kernels are written for sm_80 and later
-
-    def synchronize(self):
-        pass
 
 
 class _Runtime:
     @staticmethod
-    def getDeviceCount() -> int:
-        return 1
-
-    @staticmethod
     def memGetInfo() -> tuple[int, int]:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), total
-
-    @staticmethod
-    def getDeviceProperties(i: int) -> dict:
-        return {"name": b"CUDA emulator on the CPU"}
 
 
 class _Cuda:
@@ -185,8 +172,7 @@ class cupy:  # noqa: N801 - stands where the cupy module does
     RawModule = RawModule
     float32, uint8 = np.float32, np.uint8
     empty, zeros, empty_like = staticmethod(np.empty), staticmethod(np.zeros), staticmethod(np.empty_like)
-    ascontiguousarray, copyto = staticmethod(np.ascontiguousarray), staticmethod(np.copyto)
-    concatenate = staticmethod(np.concatenate)
+    ascontiguousarray, concatenate = staticmethod(np.ascontiguousarray), staticmethod(np.concatenate)
 
     @staticmethod
     def asarray(a, dtype=None):
@@ -204,14 +190,6 @@ class EmulatedCudaRuntime(CudaRuntime):
     backend = "CUDA emulator"
     explicit_only = True  # runs when asked for by name, never in a default run
 
-    def availability(self) -> Availability:
-        try:
-            compiler()
-        except DeviceUnavailableError as e:
-            return Availability(False, str(e))
-        return Availability(True)
-
-    def kernels(self):
-        if self._kernels is None:
-            self._kernels = Kernels(cupy)
-        return self._kernels
+    def cupy(self):
+        compiler()  # raises DeviceUnavailableError without g++, which makes the runtime unavailable
+        return cupy
