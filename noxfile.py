@@ -20,10 +20,12 @@ RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]
 LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"  # runtime -> what its session installs
 
 
-# (the ring and window bounds: tests/test_cuda_emu.py, on a window of 32 rather than 1024)
-CUDA_EMU_CASES = ("test_weight_types or test_dense_logits or test_dense_decode or test_softcap or test_reset"
-                  " or (test_batched_decode_equals_single and emu-2) or (test_k_eq_v and not schema) or test_inputs"
-                  " or (test_rope_long_position and tiny) or (test_greedy_parity and Q4_0)")
+# the emulated CUDA runtime's cases in CI (g4c.cases: a module or test, parameter values); the
+# ring and window bounds: tests/test_cuda_emu.py, on a window of 32 rather than 1024
+CUDA_EMU_CASES = ("test_weight_types", "test_dense_logits", "test_dense_decode_matches_reference", "test_softcap_bounds",
+                  "test_reset_forgets", "test_rewind_keeps_prefix", "test_batched_decode_equals_single[n_seq=2]",
+                  "test_k_eq_v_logits[preset=tiny]", "test_k_eq_v_layer_outputs", "test_inputs",
+                  "test_rope_long_position[preset=tiny]", "test_greedy_parity[qtype=Q4_0]")
 
 
 def _machine() -> str:
@@ -49,7 +51,7 @@ def tests(session):
     # that cover every kernel, k_eq_v, batching and greedy decode, on the small presets
     # (under 2 minutes; the whole suite takes over 20)
     session.run("python", "-m", "pytest", "conformance", "--runtime", "cuda-emu", "-p", "no:cacheprovider",
-                "-k", CUDA_EMU_CASES, "--results-json", f"reports/out/conformance-cuda-emu-{label}.json")
+                *(f"--case={c}" for c in CUDA_EMU_CASES), "--results-json", f"reports/out/conformance-cuda-emu-{label}.json")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", "--bench-runtime", "cpu",
                 "--benchmark-json", f"reports/out/bench-{label}.json", env={"G4C_MACHINE": label})
     session.run("python", "-m", "reports.build")

@@ -25,7 +25,7 @@ import platform
 import pytest
 
 from conformance.harness import available_or_skip
-from g4c import bench
+from g4c import bench, provenance
 from g4c import runtime as registry
 from g4c.errors import G4CError
 
@@ -100,8 +100,8 @@ def bandwidth(bench_runtime):
     runtime that offers no measurement of its own)."""
     name = bench_runtime.name
     if name not in _bandwidth:
-        measure = getattr(bench_runtime, "memory_bandwidth", None)
-        _bandwidth[name] = measure() if measure else {**bench.host_read_bandwidth(), "note": "runtime measures none; host"}
+        _bandwidth[name] = (bench_runtime.memory_bandwidth() if registry.has_method(bench_runtime, "memory_bandwidth")
+                            else {**bench.host_read_bandwidth(), "note": "runtime measures none; host"})
     return _bandwidth[name]
 
 
@@ -123,7 +123,7 @@ def record(request, benchmark, bench_runtime, bench_model, bandwidth):
         machine = cfg.getoption("--bench-machine") or _env("G4C_MACHINE", platform.node())
         info = {
             "runtime": bench_runtime.name,
-            "backend": getattr(bench_runtime, "backend", bench_runtime.name),
+            "backend": registry.backend(bench_runtime),
             "machine": machine,
             "device": bandwidth.get("device", "host"),
             "model": bench.model_label(bench_model),
@@ -146,6 +146,12 @@ def record(request, benchmark, bench_runtime, bench_model, bandwidth):
         cfg._g4c_bench_rows.append(info)
 
     return done
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """The run's provenance (g4c.provenance: commit, date, packages, machine, each runtime's
+    device and driver) beside pytest-benchmark's own machine_info and commit_info."""
+    output_json["provenance"] = provenance.record(config._g4c_bench_runtimes)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

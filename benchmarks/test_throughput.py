@@ -13,6 +13,7 @@ import pytest
 from g4c import bench
 from g4c.errors import InputError
 from g4c.plan import kv_bytes
+from g4c.runtime import has_method
 
 PP, TG, DEPTH_TG, BATCH_TG = 512, 128, 32, 32
 
@@ -25,8 +26,9 @@ def _tokens(model, n: int, seed: int = 0) -> list[int]:
 def _kv_read(runtime, model, depth: int, n_seq: int = 1) -> int:
     """KV bytes a decode step at this depth reads: the runtime's own planned cache there
     (its element size), or an f32 cache when it plans nothing."""
-    planner = getattr(runtime, "memory_plan", None)
-    return planner(model, depth, n_seq).kv if planner else kv_bytes(model.config, depth, n_seq)
+    if has_method(runtime, "memory_plan"):
+        return runtime.memory_plan(model, depth, n_seq).kv
+    return kv_bytes(model.config, depth, n_seq)
 
 
 def _load(runtime, model, max_context: int, n_seq: int = 1):

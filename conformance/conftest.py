@@ -5,26 +5,30 @@
                                             ran, or if every test skipped
     pytest conformance --fault NAME         a deliberately broken CPU variant (see faults.py)
     pytest conformance --results-json F     outcomes and metrics per test, for reports
+    pytest conformance --case 'test_greedy_parity[qtype=Q4_0]'   only these cases (repeatable;
+                                            g4c.cases: a module or test name, parameter values)
 
 Five outcomes are kept apart: passed, failed, departure (the runtime declares, with the spec
 section, why it departs from the reference there; a strict xfail), not_supported (the
 runtime declares it lacks a feature) and skipped (device absent).
+
+Every result names its runtime, test module, test function and parameters as fields, and
+the file records where it came from (g4c.provenance: commit, date, packages, machine,
+devices and drivers).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import time
 
 import pytest
 
+from g4c import provenance
 from g4c import runtime as registry
 from g4c import tolerance
+from g4c.cases import Case
 from g4c.errors import G4CError
-
-from g4c.results import departure, split_nodeid
 
 from .harness import NOT_SUPPORTED, available_or_skip
 
@@ -38,6 +42,9 @@ def pytest_addoption(parser):
     g.addoption("--fault", default=None, help="inject a deliberate bug into the cpu runtime (see conformance/faults.py)")
     g.addoption("--results-json", default=None, help="write outcomes and metrics per test to this file")
     g.addoption("--model", default=None, help="a user's GGUF (e.g. the real 12B) to check against the reference too")
+    g.addoption("--case", action="append", default=[],
+                help="run only these cases (repeatable): a test module or test name, optionally with parameter "
+                     "values, e.g. 'test_batched_decode_equals_single[n_seq=2]' (g4c.cases)")
 
 
 def pytest_configure(config):
@@ -49,7 +56,10 @@ def pytest_configure(config):
     except G4CError as e:
         raise pytest.UsageError(str(e)) from None
     config._g4c_explicit = bool(asked)
-    config._g4c_results = {}
+    try:
+        config._g4c_only = [Case.parse(c) for c in config.getoption("--case")]
+    except G4CError as e:
+        raise pytest.UsageError(str(e)) from None
     fault = config.getoption("--fault")
     if fault:
         from conformance import faults
@@ -74,20 +84,41 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("runtime", names, indirect=True, ids=names)
 
 
+def case_of(item) -> dict:
+    """The structured name of a collected test: runtime (None for a test that takes none),
+    module, test function, its other parameters, and a readable case id built from them."""
+    params = dict(getattr(item, "callspec", None).params) if hasattr(item, "callspec") else {}
+    runtime = params.pop("runtime", None)
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    params = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in params.items()}
+    return {"runtime": runtime, "module": module, "test": item.originalname, "params": params,
+            "case": str(Case.of(item.originalname, **{k: str(v) for k, v in params.items()}))}
+
+
 def pytest_collection_modifyitems(config, items):
-    """A runtime's declared departures (g4c.results.departure) become strict xfails: the test
-    still runs, a failure is recorded as a departure with the declared reason, and a pass
-    fails the run (the declaration is stale)."""
+    """Only the --case cases, if given; a runtime's declared departures (its capabilities)
+    become strict xfails: the test still runs, a failure is recorded as a departure with the
+    declared reason, and a pass fails the run (the declaration is stale)."""
     # the real-weight tests last: their float64 references take GBs the RoPE tests' load-time
     # memory check (15.5 GiB planned at context 262144 on the cpu runtime) must not lose
     items.sort(key=lambda it: it.get_closest_marker("real_weights") is not None)
     for item in items:
-        name = getattr(item, "callspec", None) and item.callspec.params.get("runtime")
-        if name not in config._g4c_runtimes:
+        _cases[item.nodeid] = case_of(item)
+    if config._g4c_only:
+        def wanted(item) -> bool:
+            case = _cases[item.nodeid]
+            return any(c.matches(case["module"], case["test"], case["params"]) for c in config._g4c_only)
+
+        config.hook.pytest_deselected(items=[it for it in items if not wanted(it)])
+        items[:] = [it for it in items if wanted(it)]
+    for item in items:
+        case = _cases[item.nodeid]
+        if case["runtime"] not in config._g4c_runtimes:
             continue
-        reason = departure(config._g4c_runtimes[name], split_nodeid(item.nodeid, config._g4c_runtimes)[1])
-        if reason:
-            item.add_marker(pytest.mark.xfail(reason=f"{DEPARTURE} {reason}", strict=True, raises=(AssertionError, G4CError)))
+        caps = registry.capabilities(config._g4c_runtimes[case["runtime"]])
+        dep = caps.departure(case["module"], case["test"], case["params"])
+        if dep:
+            item.add_marker(pytest.mark.xfail(reason=f"{DEPARTURE} {dep}", strict=True, raises=(AssertionError, G4CError)))
 
 
 @pytest.fixture
@@ -130,7 +161,7 @@ def pytest_runtest_logreport(report):
             outcome = "not_supported" if reason.startswith(NOT_SUPPORTED) else "skipped"
         else:
             reason, outcome = None, report.outcome
-        entry = {"outcome": outcome, "duration_s": round(report.duration, 3),
+        entry = {**_cases.get(report.nodeid, {}), "outcome": outcome, "duration_s": round(report.duration, 3),
                  "metrics": {k: v for k, v in report.user_properties}}
         if reason:
             entry["reason"] = reason
@@ -140,13 +171,8 @@ def pytest_runtest_logreport(report):
 
 
 _results: dict = {}
-
-
-def _settings(rt) -> dict:
-    """The runtime's own settings (device, kernel path, memory), where it reports them."""
-    if not hasattr(rt, "settings") or not rt.availability().ok:
-        return {}
-    return {"settings": rt.settings()}
+_cases: dict = {}  # nodeid -> case_of(item), filled at collection
+NO_RUNTIME = "(model checks)"  # counts_by_runtime's key for tests that take no runtime
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -157,16 +183,23 @@ def pytest_sessionfinish(session, exitstatus):
         config._g4c_empty = True
     path = config.getoption("--results-json")
     if path:
+        prov = provenance.record(config._g4c_runtimes)
+        for name, rt in config._g4c_runtimes.items():
+            prov["runtimes"][name]["precision"] = registry.capabilities(rt).precision
+        by_runtime = {}
+        for r in _results.values():
+            c = by_runtime.setdefault(r.get("runtime") or NO_RUNTIME, dict.fromkeys(OUTCOMES, 0))
+            c[r["outcome"]] += 1
         doc = {
             "suite": "gemma4-conformance",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"label": os.environ.get("G4C_MACHINE") or platform.node(), "node": platform.node(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(), "python": platform.python_version()},
-            "runtimes": {n: {"available": rt.availability().ok, "reason": rt.availability().reason,
-                             "precision": getattr(rt, "precision", "f32"), **_settings(rt)}
-                         for n, rt in config._g4c_runtimes.items()},
+            "format": 2,
+            "created": prov["created"],
+            "provenance": prov,
+            "runtimes": prov["runtimes"],
             "fault": config.getoption("--fault"),
+            "cases": [str(c) for c in config._g4c_only],
             "counts": counts,
+            "counts_by_runtime": by_runtime,
             "tests": _results,
         }
         tmp = f"{path}.tmp"

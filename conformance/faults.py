@@ -22,13 +22,15 @@ class Fault:
 
 def _window_shift(shift: int | None):
     def patch(ops, mp):
+        import dataclasses
+
         orig = ops.visible
 
-        def visible(q_pos, k_pos, spec, window):
+        def visible(q_pos, k_pos, spec):
             if shift is None:  # no window at all
                 delta = q_pos[:, None] - k_pos[None, :]
                 return delta >= 0
-            return orig(q_pos, k_pos, spec, window + shift)
+            return orig(q_pos, k_pos, dataclasses.replace(spec, window=spec.window + shift) if spec.sliding else spec)
 
         mp.setattr(ops, "visible", visible)
 
@@ -63,7 +65,7 @@ def _v_after_k_norm_rope(ops, mp):
 
 
 def _inv_sqrt_scale(ops, mp):
-    mp.setattr(ops, "attention_scale", lambda cfg, spec: 1.0 / np.sqrt(spec.head_dim))
+    mp.setattr(ops, "attention_scale", lambda spec: 1.0 / np.sqrt(spec.head_dim))
 
 
 def _one_plus_w_norm(ops, mp):

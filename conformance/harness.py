@@ -10,6 +10,8 @@ import pytest
 import fixtures
 from g4c.model import Model
 from g4c.reference import Reference
+from g4c.runtime import capabilities, has_method
+
 
 NOT_SUPPORTED = "not supported:"
 
@@ -45,11 +47,17 @@ def release_memory() -> None:
         pass
 
 
-def supports(runtime, feature: str, value) -> None:
-    """Ask an optional `supports(feature, value)` of the runtime; a no is a not_supported outcome."""
-    check = getattr(runtime, "supports", None)
-    if check is not None and not check(feature, value):
-        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no support for {feature} {value}")
+def reads_type(runtime, qtype: str) -> None:
+    """A weight type outside the runtime's declared weight_types is a not_supported outcome."""
+    if not capabilities(runtime).reads(qtype):
+        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no support for weight type {qtype}")
+
+
+def optional_method(runtime, method: str):
+    """The runtime's optional method, or a not_supported outcome when it declares none."""
+    if not has_method(runtime, method):
+        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no op-level {method}")
+    return getattr(runtime, method)
 
 
 def available_or_skip(runtime, name: str):
@@ -61,11 +69,14 @@ def available_or_skip(runtime, name: str):
 
 
 def traces(runtime, model, tokens) -> tuple[dict, dict]:
-    """(reference trace, runtime trace) of a prefill; not_supported when the runtime traces nothing."""
-    _, ref_trace = reference_logits(model, tuple(tokens), trace=True)
+    """(reference trace, runtime trace) of a prefill; not_supported, before any work, when the
+    runtime declares no trace."""
+    if not capabilities(runtime).trace:
+        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} records no per-layer trace")
     _, got_trace = run_prefill(runtime, model, tokens, trace=True)
     if not got_trace:
-        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} records no per-layer trace")
+        pytest.fail(f"runtime {runtime.name} declares trace but its session recorded none")
+    _, ref_trace = reference_logits(model, tuple(tokens), trace=True)
     return ref_trace, got_trace
 
 
@@ -82,10 +93,12 @@ def window_prompt(n: int) -> tuple[int, ...]:
 
 
 def run_prefill(runtime, model, tokens, start=0, trace=False, max_context=None):
-    """Load a session and prefill; returns (logits, trace or None)."""
+    """Load a session and prefill; returns (logits, trace or None). A trace is asked for only
+    of a runtime that declares it."""
+    trace = trace and capabilities(runtime).trace
     sess = runtime.load(model, max_context or model.config.n_ctx_train, 1, trace=trace)
     logits = sess.prefill(list(tokens), start)
-    return np.asarray(logits), (getattr(sess, "trace", None) if trace else None)
+    return np.asarray(logits), (sess.trace if trace else None)
 
 
 def check_logits(runtime, tol, model, tokens, metric, start=0, what="logits", max_abs=None):

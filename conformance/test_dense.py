@@ -51,6 +51,28 @@ def test_softcap_bounds(runtime):
     assert np.abs(got).max() <= cap, f"|logit| {np.abs(got).max():.3g} exceeds final_logit_softcapping {cap}"
 
 
+@pytest.mark.parametrize("back", [1, 28], ids=["rewind-1", "rewind-28"])
+def test_rewind_keeps_prefix(runtime, tol, metric, back):
+    """prefill(tokens, start_pos) below the next position keeps the positions before
+    start_pos: 48 tokens, then 3 others at 48 - back, equal the reference on the kept prefix
+    and the new tokens. Rewinding 28 positions on the window of 32 needs keys a ring of W
+    slots has overwritten: a runtime that attends to what its ring still holds sees too few."""
+    model = load_model("tiny")
+    toks = prompt(48, model.n_vocab, seed=10)
+    new = prompt(3, model.n_vocab, seed=11)
+    start = 48 - back
+    ref = reference_logits(model, toks[:start] + new)
+    sess = runtime.load(model, 256, 1)
+    sess.prefill(list(toks))
+    got = np.asarray(sess.prefill(list(new), start))
+    rep = assert_logits_close(got, ref[start:], tol, tol.logit_max_abs(model.config, ref), np.arange(start, start + 3),
+                              what=f"logits after rewinding {back} positions")
+    metric("max_abs_dlogit", rep.max_abs)
+    decoded = np.asarray(sess.decode([new[-1]]))  # and the session goes on from there
+    whole = reference_logits(model, toks[:start] + new + new[-1:])[-1:]
+    assert_logits_close(decoded, whole, tol, tol.logit_max_abs(model.config, whole), [start + 3], what="decode after the rewind")
+
+
 def test_reset_forgets(runtime):
     model = load_model("tiny")
     toks = list(prompt(10, model.n_vocab, seed=3))

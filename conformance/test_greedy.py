@@ -9,7 +9,7 @@ from fixtures import golden
 from g4c.compare import assert_logits_close
 from g4c.reference import argmax_allowed
 
-from .harness import load_model, reference_logits, supports
+from .harness import load_model, reads_type, reference_logits
 
 
 def greedy(runtime, model, prompt, n):
@@ -25,7 +25,7 @@ def greedy(runtime, model, prompt, n):
 
 @pytest.mark.parametrize("preset,qtype", golden.GOLDENS, ids=[f"{p}-{q}" for p, q in golden.GOLDENS])
 def test_greedy_parity(runtime, tol, metric, preset, qtype):
-    supports(runtime, "weight type", qtype)
+    reads_type(runtime, qtype)
     gold = golden.load(preset, qtype)
     model = load_model(preset, qtype)
     got = greedy(runtime, model, gold["prompt"], len(gold["greedy"]))

@@ -27,7 +27,7 @@ from g4c.model import Model
 from g4c.reference import argmax_allowed
 
 from . import harness
-from .harness import load_model, reference_logits, supports
+from .harness import load_model, reads_type, reference_logits
 from .test_greedy import greedy
 
 
@@ -67,7 +67,7 @@ def _parity(runtime, tol, metric, model, gold):
 
 @pytest.mark.parametrize("preset,qtype", golden.GOLDENS, ids=[f"{p}-{q}" for p, q in golden.GOLDENS])
 def test_llamacpp_golden(runtime, tol, metric, preset, qtype):
-    supports(runtime, "weight type", qtype)
+    reads_type(runtime, qtype)
     gold = llamacpp.load(f"{preset}-{qtype.lower()}")
     model = load_model(preset, qtype)
     assert golden.sha256(model.path) == gold["model"]["sha256"], (

@@ -13,7 +13,7 @@ from gguf import quants as gguf_quants
 from g4c import quants
 from g4c.compare import nmse
 
-from .harness import NOT_SUPPORTED, check_logits, load_model, prompt, supports
+from .harness import check_logits, load_model, optional_method, prompt, reads_type
 
 TYPES = [t.name for t in quants.SUPPORTED_TYPES]
 
@@ -26,18 +26,11 @@ def _case(qtype: str, rows: int = 16, cols: int = 512, seed: int = 0):
     return raw, oracle, rng.standard_normal(cols).astype(np.float32)
 
 
-def _op(runtime, name):
-    fn = getattr(runtime, name, None)
-    if fn is None:
-        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} exposes no op-level {name}")
-    return fn
-
-
 @pytest.mark.parametrize("qtype", TYPES)
 def test_dequantize(runtime, tol, metric, qtype):
-    supports(runtime, "weight type", qtype)
+    reads_type(runtime, qtype)
     raw, oracle, _ = _case(qtype)
-    got = np.asarray(_op(runtime, "dequantize")(raw, quants.TYPE_NAMES[qtype], oracle.shape[1]), np.float64)
+    got = np.asarray(optional_method(runtime, "dequantize")(raw, quants.TYPE_NAMES[qtype], oracle.shape[1]), np.float64)
     e = nmse(got.reshape(oracle.shape), oracle)
     metric("nmse", e)
     assert e <= tol.op_nmse, f"dequantize {qtype}: NMSE {e:.3g} > {tol.op_nmse:g} against gguf.quants.dequantize"
@@ -45,9 +38,9 @@ def test_dequantize(runtime, tol, metric, qtype):
 
 @pytest.mark.parametrize("qtype", TYPES)
 def test_matvec(runtime, tol, metric, qtype):
-    supports(runtime, "weight type", qtype)
+    reads_type(runtime, qtype)
     raw, oracle, x = _case(qtype, seed=1)
-    got = np.asarray(_op(runtime, "matvec")(raw, quants.TYPE_NAMES[qtype], oracle.shape[1], x), np.float64)
+    got = np.asarray(optional_method(runtime, "matvec")(raw, quants.TYPE_NAMES[qtype], oracle.shape[1], x), np.float64)
     want = oracle @ x.astype(np.float64)
     e = nmse(got.reshape(want.shape), want)
     metric("nmse", e)
@@ -56,7 +49,7 @@ def test_matvec(runtime, tol, metric, qtype):
 
 @pytest.mark.parametrize("qtype", TYPES)
 def test_model_in_type(runtime, tol, metric, qtype):
-    supports(runtime, "weight type", qtype)
+    reads_type(runtime, qtype)
     model = load_model("tiny", qtype)
     assert model.weight("blk.0.attn_q.weight").qtype.name == qtype
     check_logits(runtime, tol, model, prompt(16, model.n_vocab, seed=9), metric)

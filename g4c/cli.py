@@ -98,14 +98,14 @@ def cmd_header(args) -> int:
 def cmd_plan(args) -> int:
     from .model import Model
     from .plan import GIB, largest_context, parse_bytes
-    from .runtime import get
+    from .runtime import get, has_method
 
     model = Model(args.model)
     budget = parse_bytes(args.memory)
     rt = get(args.runtime)
-    planner = getattr(rt, "memory_plan", None)
-    if planner is None:
+    if not has_method(rt, "memory_plan"):
         raise G4CError(f"runtime {args.runtime} declares no memory_plan")
+    planner = rt.memory_plan
     n_max = model.config.n_ctx_train
     plan_at = lambda n: planner(model, n, args.n_seq)  # noqa: E731
     contexts = sorted(set(args.context or [4096, 8192, 32768, 131072, n_max]))
@@ -265,16 +265,10 @@ def cmd_run(args) -> int:
 
 
 def _print_summary(path: str) -> None:
-    from .results import split_nodeid
-
     with open(path) as f:
         doc = json.load(f)
     kinds = ("passed", "failed", "departure", "not_supported", "skipped")
-    by_rt: dict[str, dict[str, int]] = {}
-    for nodeid, r in doc["tests"].items():
-        rt = split_nodeid(nodeid, doc["runtimes"])[0]
-        by_rt.setdefault(rt, {}).setdefault(r["outcome"], 0)
-        by_rt[rt][r["outcome"]] += 1
+    by_rt = doc["counts_by_runtime"]
     print()
     print("| runtime | passed | failed | departure | not supported | skipped |")
     print("|---|---|---|---|---|---|")

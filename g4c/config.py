@@ -48,6 +48,8 @@ class LayerSpec:
     has_v: bool  # False: k_eq_v, V is the raw K projection
     n_ff: int
     has_output_scale: bool
+    window: int  # sliding layers: a query sees the last `window` keys, itself included; 0 on full layers
+    attn_scale: float  # gemma4: 1.0 (q and k are normed); gemma3: 1/sqrt(key_length)
 
     @property
     def kind(self) -> str:
@@ -74,8 +76,6 @@ class ModelConfig:
     eps: float
     shared_kv_layers: int
     final_softcap: float | None
-    attn_scale_full: float  # gemma4: 1.0 (q and k are normed); gemma3: 1/sqrt(key_length)
-    attn_scale_swa: float
     v_norm: bool  # gemma4: weightless RMS norm on V
     tied_output: bool
     has_rope_freqs: bool
@@ -93,17 +93,6 @@ class ModelConfig:
     @property
     def full_layers(self) -> tuple[int, ...]:
         return tuple(s.index for s in self.layers if not s.sliding)
-
-    def kv_bytes_per_token(self, elt: int = 4) -> int:
-        """KV cache bytes one position adds to full layers (sliding layers stop growing at W)."""
-        return sum(2 * s.n_head_kv * s.head_dim * elt for s in self.layers if not s.sliding)
-
-    def kv_bytes(self, n_ctx: int, elt: int = 4) -> int:
-        total = 0
-        for s in self.layers:
-            n = n_ctx if not s.sliding else min(n_ctx, self.window)
-            total += 2 * s.n_head_kv * s.head_dim * elt * n
-        return total
 
     @classmethod
     def from_gguf(cls, path: str, meta: Mapping[str, MetaValue], tensor_names: set[str]) -> "ModelConfig":
@@ -157,7 +146,7 @@ class ModelConfig:
             pattern = keys.bool_array("attention.sliding_window_pattern", n_layer)
             shared_kv = keys.int("attention.shared_kv_layers", default=0)
             softcap = keys.float("final_logit_softcapping", default=None)
-            scale_full = scale_swa = 1.0
+            attn_scale = 1.0
             rope_scale = 1.0
         else:
             head_dim_swa = head_dim_full
@@ -166,7 +155,7 @@ class ModelConfig:
             pattern = tuple((i + 1) % 6 != 0 for i in range(n_layer))
             shared_kv = 0
             softcap = None
-            scale_full = scale_swa = 1.0 / math.sqrt(head_dim_full)
+            attn_scale = 1.0 / math.sqrt(head_dim_full)
             rope_scale = keys.float("rope.scaling.factor", default=1.0) if keys.has("rope.scaling.type") or keys.has("rope.scaling.factor") else 1.0
         for what, base in (("rope.freq_base", rope_base_full), ("rope.freq_base_swa", rope_base_swa)):
             if not (base > 1 and math.isfinite(base)):
@@ -196,6 +185,8 @@ class ModelConfig:
                     has_v=f"blk.{i}.attn_v.weight" in tensor_names,
                     n_ff=n_ff[i],
                     has_output_scale=f"blk.{i}.layer_output_scale.weight" in tensor_names,
+                    window=window if sliding else 0,
+                    attn_scale=attn_scale,
                 )
             )
             if n_head[0] % n_head_kv[i] or n_head_kv[i] < 1:
@@ -220,8 +211,6 @@ class ModelConfig:
             eps=eps,
             shared_kv_layers=shared_kv,
             final_softcap=softcap,
-            attn_scale_full=scale_full,
-            attn_scale_swa=scale_swa,
             v_norm=(family == "gemma4"),
             tied_output="output.weight" not in tensor_names,
             has_rope_freqs=has_rope_freqs,

@@ -18,6 +18,10 @@ from . import quants
 from .config import LayerSpec, MetaValue, ModelConfig
 from .errors import G4CError, GGUFFormatError
 
+# a layer's tensors by role, as every runtime loads them
+LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+LAYER_NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+
 
 @dataclass(frozen=True)
 class Weight:
@@ -184,6 +188,21 @@ class Model:
 
     def layer_weight(self, layer: int, name: str) -> Weight:
         return self.weight(f"blk.{layer}.{name}.weight")
+
+    def layer_matrices(self) -> list[Weight]:
+        """Every layer's projection matrices present in the file, layer by layer (no attn_v on
+        k_eq_v layers)."""
+        return [self.layer_weight(s.index, m) for s in self.config.layers for m in LAYER_MATRICES
+                if self.has(f"blk.{s.index}.{m}.weight")]
+
+    def norm_vectors(self) -> dict[tuple[int, str], np.ndarray]:
+        """(layer, norm name) -> float32 weight vector, for every norm of every layer."""
+        return {(s.index, n): self.layer_weight(s.index, n).vector() for s in self.config.layers for n in LAYER_NORMS}
+
+    def output_scales(self) -> dict[int, float]:
+        """layer -> its scalar layer_output_scale, for the layers that have one."""
+        return {s.index: float(self.layer_weight(s.index, "layer_output_scale").vector()[0])
+                for s in self.config.layers if s.has_output_scale}
 
     @property
     def output_weight(self) -> Weight:

@@ -106,8 +106,7 @@ class Reference:
         c = self.cfg
         group = c.n_head // s.n_head_kv  # query head i uses KV head i // group
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-        scale = c.attn_scale_swa if s.sliding else c.attn_scale_full
-        scores = (q.transpose(1, 0, 2) @ k.transpose(1, 2, 0)) * scale  # (h, q, k)
+        scores = (q.transpose(1, 0, 2) @ k.transpose(1, 2, 0)) * s.attn_scale  # (h, q, k)
         delta = pos[:, None] - pos[None, :]
         visible = delta >= 0
         if s.sliding and self.window:

@@ -1,11 +1,12 @@
-"""The one Runtime interface and the registry that finds runtimes through entry points.
+"""The one Runtime interface, the capability record of its optional parts, and the registry
+that finds runtimes through entry points.
 
 An engine plugs in by exposing, under the entry-point group `gemma4_conformance.runtimes`,
 a zero-argument callable returning an object with:
 
     name: str
     availability() -> Availability            # device present? if not, why
-    load(model, max_context, n_seq=1) -> Session
+    load(model, max_context, n_seq=1, trace=False) -> Session
 
 and a Session with:
 
@@ -13,25 +14,31 @@ and a Session with:
     decode(tokens) -> float32 (n_seq, vocab)   # one token per sequence, at its next position
     logits -> float32 (vocab,)                 # last logits of sequence 0
     reset(seq=None)                            # forget one sequence (or all)
-    trace: dict[(layer, op), array] | None     # optional: per-layer outputs of the last call,
-                                               # ops as in g4c.reference.TRACE_OPS, when
-                                               # load(..., trace=True) was accepted
+    trace: dict[(layer, op), array] | None     # per-layer outputs of the last call, ops as in
+                                               # g4c.reference.TRACE_OPS, when the runtime
+                                               # declares trace and load(..., trace=True)
 
 `prefill` at start_pos keeps the sequence's cached positions below start_pos when they
 reach up to it (start_pos <= the next position) and forgets the rest; a start_pos past the
 next position begins the sequence afresh there, so start_pos = 100000 on a new session
-places a prompt far out (long-position RoPE).
+places a prompt far out (long-position RoPE). g4c.session.Session implements these rules
+for a runtime that supplies its forward.
+
+Everything else is optional and declared in one record, `capabilities = Capabilities(...)`
+on the runtime; a runtime that declares nothing gets the defaults and runs the whole suite
+(tests that need what it lacks report "not supported").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .errors import G4CError, InputError
+from .cases import Case
+from .errors import G4CError
 from .model import Model
 
 ENTRY_POINT_GROUP = "gemma4_conformance.runtimes"
@@ -41,6 +48,87 @@ ENTRY_POINT_GROUP = "gemma4_conformance.runtimes"
 class Availability:
     ok: bool
     reason: str = ""
+
+
+# optional methods a runtime may have, declared by name in Capabilities.methods
+METHODS = {
+    "settings": "settings() -> dict: what results depend on (device, driver, kernel path); recorded with every result file",
+    "memory_plan": "memory_plan(model, n_ctx, n_seq=1) -> g4c.plan.MemoryPlan: its memory at a context (g4c plan; the "
+                   "benchmarks' KV bytes)",
+    "memory_bandwidth": "memory_bandwidth() -> dict(bytes_per_s, method, device): the benchmarks' roofline (default: "
+                        "host read bandwidth)",
+    "dequantize": "dequantize(raw, qtype, n_cols) -> float32 (rows, n_cols): op-level weight-type cases",
+    "matvec": "matvec(raw, qtype, n_cols, x) -> float32 (rows,): op-level weight-type cases",
+}
+
+
+@dataclass(frozen=True)
+class Departure:
+    """Where a runtime departs from the reference by design: the cases, the spec section and
+    why. The test still runs; a failure is recorded as a departure, a pass fails the run (the
+    declaration is stale)."""
+
+    case: Case
+    spec: str  # section of ../shared/spec/gemma4.md, e.g. "5"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"spec section {self.spec}: {self.reason}"
+
+
+def departure(test: str, spec: str, reason: str, **params: Sequence[str] | str) -> Departure:
+    """Departure(Case(test, params), spec, reason): departure("test_model_in_type", "5", why, qtype=("Q4_0", ...))."""
+    return Departure(Case.of(test, **params), spec, reason)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime declares beyond name, availability() and load(). Every field has a
+    default, so a runtime that declares nothing still runs the whole suite."""
+
+    precision: str = "f32"  # tolerance class (g4c.tolerance): "f32", or "f16" for f16 storage
+    trace: bool = False  # sessions record per-layer outputs when loaded with trace=True
+    weight_types: frozenset[str] | None = None  # GGML types it reads (None: every type the suite has)
+    departures: tuple[Departure, ...] = ()
+    methods: frozenset[str] = frozenset()  # optional methods it has, from METHODS
+    backend: str = ""  # llama-bench's backend column (default: the runtime's name)
+    explicit_only: bool = False  # runs only when named (the CUDA emulator: right, but too slow for every run)
+
+    def reads(self, qtype: str) -> bool:
+        return self.weight_types is None or qtype in self.weight_types
+
+    def departure(self, module: str, test: str, params: Mapping[str, object]) -> Departure | None:
+        return next((d for d in self.departures if d.case.matches(module, test, params)), None)
+
+
+def capabilities(rt) -> Capabilities:
+    """The runtime's declared capabilities (defaults where it declares none), checked: a
+    declared method must exist, a precision must have a tolerance class. Raises G4CError
+    naming the runtime and the field."""
+    from .tolerance import TABLE
+
+    caps = getattr(rt, "capabilities", None)
+    if caps is None:
+        return Capabilities()
+    name = getattr(rt, "name", type(rt).__name__)
+    if not isinstance(caps, Capabilities):
+        raise G4CError(f"runtime {name}: capabilities must be a g4c.runtime.Capabilities, got {type(caps).__name__}")
+    if caps.precision not in TABLE:
+        raise G4CError(f"runtime {name}: capabilities.precision {caps.precision!r} is not one of {', '.join(TABLE)}")
+    for m in caps.methods:
+        if m not in METHODS:
+            raise G4CError(f"runtime {name}: capabilities.methods names {m!r}, not one of {', '.join(METHODS)}")
+        if not callable(getattr(rt, m, None)):
+            raise G4CError(f"runtime {name}: capabilities.methods declares {m} but the runtime has no method {m}()")
+    return caps
+
+
+def has_method(rt, method: str) -> bool:
+    return method in capabilities(rt).methods
+
+
+def backend(rt) -> str:
+    return capabilities(rt).backend or rt.name
 
 
 class Session(Protocol):
@@ -67,13 +155,19 @@ class Runtime(Protocol):
 
 
 def discover() -> dict[str, Runtime]:
-    """Every registered runtime by name. A plugin that fails to import is reported, not hidden."""
+    """Every registered runtime by name. A plugin that fails to import, or declares malformed
+    capabilities, is reported unavailable with the reason, not hidden."""
     found: dict[str, Runtime] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             found[ep.name] = ep.load()()
         except Exception as e:  # an outside plugin's import error must not break the suite
             found[ep.name] = _Broken(ep.name, f"entry point {ep.value} failed to load: {type(e).__name__}: {e}")
+            continue
+        try:
+            capabilities(found[ep.name])
+        except G4CError as e:
+            found[ep.name] = _Broken(ep.name, str(e))
     return dict(sorted(found.items()))
 
 
@@ -96,7 +190,7 @@ def select(asked: Sequence[str]) -> dict[str, Runtime]:
 
 def runs_by_default(rt: Runtime) -> bool:
     """False for a runtime that runs only when named (`explicit_only`, e.g. the CUDA emulator)."""
-    return not getattr(rt, "explicit_only", False)
+    return not capabilities(rt).explicit_only
 
 
 def get(name: str) -> Runtime:
@@ -115,78 +209,3 @@ class _Broken:
 
     def load(self, *a, **k):
         raise G4CError(f"runtime {self.name}: {self.reason}")
-
-
-def check_tokens(tokens: Sequence[int], n_vocab: int) -> np.ndarray:
-    """Validate token ids for any runtime: empty input and out-of-range ids are input errors."""
-    arr = np.asarray(tokens)
-    if arr.ndim != 1 or arr.size == 0:
-        raise InputError("empty prompt: at least one token is needed")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"token ids must be integers, got {arr.dtype}")
-    bad = (arr < 0) | (arr >= n_vocab)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise InputError(f"token id {int(arr[i])} at index {i} is out of range [0, {n_vocab})")
-    return arr.astype(np.int64)
-
-
-# Session argument checks every runtime makes the same way, with the same messages.
-
-
-def check_load(model: Model, max_context: int, n_seq: int) -> None:
-    n_ctx = model.config.n_ctx_train
-    if not 0 < max_context <= n_ctx:
-        raise InputError(f"max_context {max_context} must be in 1..{n_ctx} (context_length of {model.path})")
-    if n_seq < 1:
-        raise InputError(f"n_seq must be at least 1, got {n_seq}")
-
-
-def check_seq(seq: int, n_seq: int) -> int:
-    if not 0 <= seq < n_seq:
-        raise InputError(f"sequence {seq} out of range: the session holds {n_seq}")
-    return seq
-
-
-def check_prefill(start_pos: int, n_tokens: int, max_context: int) -> None:
-    if start_pos < 0 or start_pos + n_tokens > max_context:
-        raise InputError(f"positions {start_pos}..{start_pos + n_tokens - 1} do not fit max_context {max_context}")
-
-
-def check_decode(n_tokens: int, next_positions: np.ndarray, max_context: int) -> None:
-    """One token per sequence, and room for each at its next position."""
-    if n_tokens != len(next_positions):
-        raise InputError(f"decode takes one token per sequence: got {n_tokens}, n_seq is {len(next_positions)}")
-    if (np.asarray(next_positions) >= max_context).any():
-        raise InputError(f"context full: position {int(np.max(next_positions))} is past max_context {max_context}")
-
-
-# The prefill/decode bookkeeping of a runtime whose session keeps next_pos, _last and a
-# _forward(toks, seqs, pos, all_logits) over rows of several sequences (cpu, vulkan).
-
-
-def prefill_rows(session, toks: np.ndarray, seq: int, start_pos: int, all_logits: bool, ubatch: int) -> np.ndarray:
-    """session._forward over micro-batches of at most ubatch rows from start_pos, each
-    attending to the cache the previous ones wrote; then next_pos and the last logits of the
-    sequence. Logits of every row, or of the last."""
-    pos = start_pos + np.arange(len(toks))
-    parts = []
-    for a in range(0, len(toks), ubatch):
-        last = a + ubatch >= len(toks)
-        sl = slice(a, a + ubatch)
-        parts.append(session._forward(toks[sl], np.full(len(toks[sl]), seq), pos[sl], all_logits or not last))
-    logits = np.concatenate(parts) if all_logits else parts[-1]
-    session.next_pos[seq] = start_pos + len(toks)
-    session._last[seq] = logits[-1]
-    return logits
-
-
-def decode_step(session, tokens: Sequence[int]) -> np.ndarray:
-    """One token per sequence at its next position, through session._forward."""
-    toks = check_tokens(tokens, session.n_vocab)
-    pos = np.array(session.next_pos)
-    check_decode(len(toks), pos, session.max_context)
-    logits = session._forward(toks, np.arange(session.n_seq), pos, True)
-    session.next_pos = [p + 1 for p in session.next_pos]
-    session._last[:] = logits
-    return logits

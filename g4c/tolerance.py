@@ -1,7 +1,6 @@
 """Tolerances, each derived from the error of a number format, in one table.
 
-A runtime declares its arithmetic through an optional `precision` attribute ("f32" when
-absent). The figures below are bounds for an implementation that is correct; a real bug
+A runtime declares its arithmetic in its capabilities' `precision` ("f32" by default). The figures below are bounds for an implementation that is correct; a real bug
 (off-by-one window, ignored rope_freqs, wrong scale or norm) moves logits by O(1) and
 stands orders of magnitude above them (the fault-injection tests show each one).
 """
@@ -71,7 +70,9 @@ TABLE = {t.precision: t for t in (F32, F16)}
 
 
 def for_runtime(runtime) -> Tolerance:
-    return TABLE[getattr(runtime, "precision", "f32")]
+    from .runtime import capabilities
+
+    return TABLE[capabilities(runtime).precision]
 
 
 def long_position_allowance(ref_f64, ref_f32_variants) -> float:

@@ -34,7 +34,7 @@ def main() -> None:
                      "weights_planned_minus_actual": plan.weights - actual["mapped_weights"] - actual["dense_weights"]})
         del sess
         print(f"context {n}: planned KV {plan.kv:,} B, actual KV arrays {actual['kv']:,} B "
-              f"(+ {actual['kv_position_index']:,} B position index); planned weights {plan.weights:,} B, "
+              f"; planned weights {plan.weights:,} B, "
               f"actual {actual['mapped_weights'] + actual['dense_weights']:,} B; planned scratch {plan.scratch:,} B; "
               f"planned total {plan.total:,} B")
     if args.out:

@@ -43,7 +43,7 @@ def test_gemma3_config(tmp_path):
     m = Model(rewrite(same_dims, tmp_path / "g3.gguf", arch="gemma3"))
     c = m.config
     assert c.family == "gemma3" and c.final_softcap is None and not c.v_norm
-    assert c.attn_scale_full == pytest.approx(1 / np.sqrt(128))
+    assert all(s.attn_scale == pytest.approx(1 / np.sqrt(128)) for s in c.layers)
     assert c.layers[0].rope_base == 10000.0 and not any(s.uses_rope_freqs for s in c.layers)
 
 

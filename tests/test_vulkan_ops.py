@@ -134,10 +134,8 @@ def test_staged_device_memory(staged):
     model = load_model("tiny", "Q4_K")
     sess = rt.load(model, 512, 2)
     tol = tolerance.for_runtime(rt)
-    local = [b for m in [*sess.mat.values(), sess.head] for _, _, b in m.chunks] + list(sess.vec.values())
     sess.prefill([1])
-    local += [*sess.kc.values(), *sess.vc.values(), *sess.kpos.values(), *sess._io.values()]
-    assert not any(b.mapped for b in local), "a device-local buffer was mapped although staging was forced"
+    assert not any(b.mapped for b in sess.device_buffers()), "a device-local buffer was mapped although staging was forced"
     tol = tolerance.for_runtime(rt)
 
     def check(got, toks, rows, what, start=0):

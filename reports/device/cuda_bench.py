@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 import fixtures
+from g4c import provenance
 from g4c.model import Model
 from runtimes.cuda.runtime import CudaRuntime
 
@@ -118,6 +119,7 @@ def main(out_path: str) -> None:
         res[f"batched_N{n_seq}_tokens_per_s"] = 32 * n_seq / (time.perf_counter() - t)
         del s
 
+    res["provenance"] = provenance.record({"cuda": rt})
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
     for key, val in res.items():

@@ -19,6 +19,7 @@ import numpy as np
 from cupyx.profiler import benchmark
 
 import fixtures
+from g4c import provenance
 from g4c.model import Model
 from runtimes.cuda.runtime import CudaRuntime
 
@@ -59,6 +60,7 @@ def main(out_path: str) -> None:
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
     res["cprofile_top_tottime"] = buf.getvalue()
+    res["provenance"] = provenance.record({"cuda": rt})
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
     for key, val in res.items():

@@ -19,6 +19,8 @@ MODEL=$(cat /tmp/model_path)
 /tmp/lc/build/bin/llama-bench -m "$MODEL" -ngl 99 -p 512 -n 128 -r 3 -o json > $OUT/llamacpp-bench-12b-h100.json 2> $OUT/llamacpp-bench.err
 /tmp/lc/build/bin/llama-bench -m "$MODEL" -ngl 99 -p 0 -n 32 -d 8192 -r 2 -o json > $OUT/llamacpp-bench-depth-12b-h100.json 2>> $OUT/llamacpp-bench.err
 tail -5 $OUT/llamacpp-bench.err
+# our side of the run (G4C_COMMIT from the caller: the copy here is no git checkout)
+python3 -m g4c.provenance > $OUT/llamacpp-bench-12b-h100.provenance.json
 python3 - <<'PY'
 import json, os
 for f in ("llamacpp-bench-12b-h100.json", "llamacpp-bench-depth-12b-h100.json"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from g4c.config import LayerSpec, ModelConfig
+from g4c.config import LayerSpec
 from g4c.rope import apply_neox, rope_angles as _rope_angles
 
 F32 = np.float32
@@ -34,16 +34,16 @@ def rope(x: np.ndarray, angles: np.ndarray, n_rot: int) -> np.ndarray:
     return apply_neox(x, angles, n_rot)
 
 
-def attention_scale(cfg: ModelConfig, spec: LayerSpec) -> float:
-    return cfg.attn_scale_swa if spec.sliding else cfg.attn_scale_full
+def attention_scale(spec: LayerSpec) -> float:
+    return spec.attn_scale
 
 
-def visible(q_pos: np.ndarray, k_pos: np.ndarray, spec: LayerSpec, window: int) -> np.ndarray:
+def visible(q_pos: np.ndarray, k_pos: np.ndarray, spec: LayerSpec) -> np.ndarray:
     """(n_q, n_k) mask: causal, and on sliding layers the last W keys including itself."""
     delta = q_pos[:, None] - k_pos[None, :]
     mask = delta >= 0
     if spec.sliding:
-        mask &= delta < window
+        mask &= delta < spec.window
     return mask
 
 

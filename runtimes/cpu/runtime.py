@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 
@@ -18,36 +17,40 @@ from g4c import quants
 from g4c.config import LayerSpec
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
-from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, prefill_rows
+from g4c.runtime import Availability, Capabilities
+from g4c.session import Session
 
 from . import ops
 
 F32 = np.float32
 CHUNK_BYTES = 64 << 20
 UBATCH = 128  # prefill rows per forward: bounds the attention scores to UBATCH x heads x keys
-MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 
 
 def _budget() -> int:
     return int(os.environ.get("G4C_CPU_DEQUANT_BUDGET_MB", "2048")) << 20
 
 
-def _matrix_names(model: Model) -> list[str]:
-    return [f"blk.{s.index}.{m}.weight" for s in model.config.layers for m in MATRICES
-            if model.has(f"blk.{s.index}.{m}.weight")]
-
-
 def _dense_bytes(model: Model) -> int:
-    return sum(4 * model.weight(n).n_rows * model.weight(n).n_cols for n in _matrix_names(model))
+    return sum(4 * w.n_rows * w.n_cols for w in model.layer_matrices())
 
 
 class CpuRuntime:
     name = "cpu"
-    backend = "CPU"  # llama-bench's backend column
+    capabilities = Capabilities(trace=True, backend="CPU", methods=frozenset(
+        {"settings", "memory_plan", "memory_bandwidth", "dequantize", "matvec"}))
 
     def availability(self) -> Availability:
         return Availability(True)
+
+    @staticmethod
+    def settings() -> dict:
+        """The device and what computes on it: numpy and the BLAS it was built with."""
+        from g4c.provenance import cpu_name
+
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        return {"device": cpu_name(), "driver": f"numpy {np.__version__}, {blas.get('name', '?')} {blas.get('version', '')}".strip(),
+                "threads": os.cpu_count()}
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False,
              reserve: bool = False) -> "CpuSession":
@@ -111,127 +114,55 @@ class _Matrix:
         return out
 
 
-class _Ring:
-    """Sliding-layer cache: W slots, slot = position mod W."""
+class _LayerCache:
+    """One layer's K and V for every sequence, (n_seq, slots, KV heads, head dim), slots as
+    the session's KV plan assigns them."""
 
-    def __init__(self, size: int, n_kv: int, d: int):
-        self.k = np.zeros((size, n_kv, d), F32)
-        self.v = np.zeros((size, n_kv, d), F32)
-        self.pos = np.full(size, -1, np.int64)
+    def __init__(self, n_seq: int, cap: int, n_kv: int, d: int):
+        self.k = np.zeros((n_seq, cap, n_kv, d), F32)
+        self.v = np.zeros((n_seq, cap, n_kv, d), F32)
 
-    def past(self, before: int):
-        idx = np.flatnonzero((self.pos >= 0) & (self.pos < before))
-        idx = idx[np.argsort(self.pos[idx])]
-        return self.k[idx], self.v[idx], self.pos[idx]
+    @property
+    def cap(self) -> int:
+        return self.k.shape[1]
 
-    def truncate(self, start: int) -> None:
-        self.pos[self.pos >= start] = -1
-
-    def write(self, k, v, pos) -> None:
-        n = len(self.pos)
-        k, v, pos = k[-n:], v[-n:], pos[-n:]  # only the last W positions survive a long batch
-        slots = pos % n
-        self.k[slots], self.v[slots], self.pos[slots] = k, v, pos
+    def grow(self, cap: int) -> None:
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], cap) + old.shape[2:], F32)
+            new[:, : old.shape[1]] = old
+            setattr(self, name, new)
 
 
-class _Growing:
-    """Full-layer cache: positions appended in order, storage grown by doubling up to the
-    session's max_context (or allocated whole at once with reserve)."""
+class CpuSession(Session):
+    ubatch = UBATCH
 
-    def __init__(self, n_kv: int, d: int, limit: int, reserve: bool = False):
-        cap = limit if reserve else min(16, limit)
-        self.k = np.zeros((cap, n_kv, d), F32)
-        self.v = np.zeros((cap, n_kv, d), F32)
-        self.pos = np.zeros(cap, np.int64)
-        self.n, self.limit = 0, limit
-
-    def past(self, before: int):
-        m = int(np.searchsorted(self.pos[: self.n], before))
-        return self.k[:m], self.v[:m], self.pos[:m]
-
-    def truncate(self, start: int) -> None:
-        self.n = int(np.searchsorted(self.pos[: self.n], start))
-
-    def write(self, k, v, pos) -> None:
-        need = self.n + len(pos)
-        if need > len(self.pos):
-            cap = min(max(need, 2 * len(self.pos)), max(need, self.limit))
-            for name in ("k", "v", "pos"):
-                old = getattr(self, name)
-                new = np.zeros((cap,) + old.shape[1:], old.dtype)
-                new[: self.n] = old[: self.n]
-                setattr(self, name, new)
-        self.k[self.n : need], self.v[self.n : need], self.pos[self.n : need] = k, v, pos
-        self.n = need
-
-
-class CpuSession:
     def __init__(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False, reserve: bool = False):
-        c = model.config
-        check_load(model, max_context, n_seq)
+        super().__init__(model, max_context, n_seq, trace)
+        c = self.cfg
         self.plan = check_fits(lambda n: CpuRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                available_host_memory(), f"{model.path} on cpu")
-        self.reserve = reserve
-        self.model, self.cfg = model, c
-        self.max_context, self.n_seq = max_context, n_seq
-        self.n_vocab = model.n_vocab
-        self.trace: dict | None = {} if trace else None
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         budget = _budget()
-        names = _matrix_names(model)
         keep = _dense_bytes(model) <= budget
-        self.mat = {n: _Matrix(model.weight(n), keep, self._pool) for n in names}
-        self.norm = {
-            f"blk.{s.index}.{n}.weight": model.layer_weight(s.index, n).vector() for s in c.layers for n in NORMS
-        }
-        self.out_scale = {
-            s.index: F32(model.layer_weight(s.index, "layer_output_scale").vector()[0]) for s in c.layers if s.has_output_scale
-        }
+        self.mat = {w.name: _Matrix(w, keep, self._pool) for w in model.layer_matrices()}
+        self.norm = model.norm_vectors()
+        self.out_scale = {i: F32(v) for i, v in model.output_scales().items()}
         self.output_norm = model.weight("output_norm.weight").vector()
         self.embd = model.weight("token_embd.weight")
         out_w = model.output_weight
         self.head = _Matrix(out_w, keep and 4 * out_w.n_rows * out_w.n_cols <= budget, self._pool)
         self.rope_freqs = model.rope_freqs
-        self._last = np.zeros((n_seq, self.n_vocab), F32)
-        self.reset()
-
-    # -- public interface ----------------------------------------------------------------
-    @property
-    def logits(self) -> np.ndarray:
-        return self._last[0]
+        # full layers start small and grow with the positions held (reserve: allocated whole)
+        full_cap = max_context if reserve else min(16, max_context)
+        self.caches = [_LayerCache(n_seq, self.kv.ring if s.sliding else full_cap, s.n_head_kv, s.head_dim)
+                       for s in c.layers]
 
     def memory_report(self) -> dict:
         """Bytes actually held now: the mapped file, dequantized matrices, KV arrays."""
-        kv = sum(c.k.nbytes + c.v.nbytes for caches in self.caches for c in caches)
-        index = sum(c.pos.nbytes for caches in self.caches for c in caches)
+        kv = sum(c.k.nbytes + c.v.nbytes for c in self.caches)
         dense = sum(m.dense.nbytes for m in list(self.mat.values()) + [self.head] if m.dense is not None)
-        return {"mapped_weights": self.model.weight_bytes, "dense_weights": dense, "kv": kv, "kv_position_index": index}
-
-    def reset(self, seq: int | None = None) -> None:
-        seqs = range(self.n_seq) if seq is None else [check_seq(seq, self.n_seq)]
-        if seq is None:
-            self.caches = [None] * self.n_seq
-            self.next_pos = [0] * self.n_seq
-        for s in seqs:
-            self.caches[s] = [
-                _Ring(min(self.cfg.window, self.max_context), l.n_head_kv, l.head_dim) if l.sliding
-                else _Growing(l.n_head_kv, l.head_dim, self.max_context, self.reserve)
-                for l in self.cfg.layers
-            ]
-            self.next_pos[s] = 0
-
-    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        check_seq(seq, self.n_seq)
-        check_prefill(start_pos, len(toks), self.max_context)
-        if start_pos > self.next_pos[seq]:
-            self.reset(seq)  # a gap: the sequence starts afresh at start_pos
-        for cache in self.caches[seq]:
-            cache.truncate(start_pos)
-        return prefill_rows(self, toks, seq, start_pos, all_logits, UBATCH)
-
-    def decode(self, tokens: Sequence[int]) -> np.ndarray:
-        return decode_step(self, tokens)
+        return {"mapped_weights": self.model.weight_bytes, "dense_weights": dense, "kv": kv}
 
     # -- forward -------------------------------------------------------------------------
     def _matrix(self, name: str) -> _Matrix:
@@ -242,6 +173,10 @@ class CpuSession:
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
         c = self.cfg
+        need = self.kv.full_needed(seqs, pos, self.base)
+        for s, cache in zip(c.layers, self.caches):
+            if not s.sliding and cache.cap < need:
+                cache.grow(self.kv.grown(cache.cap, need))
         x = self.embd.take(toks) * F32(c.embd_scale)
         if self.trace is not None:
             self.trace.clear()
@@ -256,7 +191,7 @@ class CpuSession:
         c, i, n = self.cfg, s.index, len(pos)
         H, Hkv, d = c.n_head, s.n_head_kv, s.head_dim
         w = lambda name: self._matrix(f"blk.{i}.{name}.weight")  # noqa: E731
-        norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
+        norm = lambda name: self.norm[i, name]  # noqa: E731
         h = ops.rms_norm(x, norm("attn_norm"), c.eps)
         q = w("attn_q")(h).reshape(n, H, d)
         k_raw = w("attn_k")(h).reshape(n, Hkv, d)
@@ -286,24 +221,24 @@ class CpuSession:
         return x
 
     def _attend(self, s: LayerSpec, seq: int, q, k_new, v_new, pos) -> np.ndarray:
-        """Attention of rows of one sequence over its cache plus the new rows, then cache write.
-
-        The new keys are attended before they are written, so a batch longer than W never
-        evicts keys that its own earlier rows still need.
-        """
-        cache = self.caches[seq][s.index]
-        k_past, v_past, p_past = cache.past(int(pos[0]))
-        keys = np.concatenate([k_past, k_new])
-        vals = np.concatenate([v_past, v_new])
+        """Attention of rows of one sequence over what its cache holds plus the new rows, then
+        the cache store. The new keys are attended from the batch, so a batch longer than W
+        never loses keys that its own earlier rows still need."""
+        cache = self.caches[s.index]
+        p_past, slots = self.kv.held(s, int(self.base[seq]), int(pos[0]))
+        keys = np.concatenate([cache.k[seq, slots], k_new])
+        vals = np.concatenate([cache.v[seq, slots], v_new])
         kpos = np.concatenate([p_past, pos])
         m, H, d = q.shape
         Hkv = s.n_head_kv
         g = H // Hkv  # query head h uses KV head h // g
         qg = q.reshape(m, Hkv, g, d).transpose(1, 2, 0, 3).reshape(Hkv, g * m, d)
-        scores = (qg @ keys.transpose(1, 2, 0)) * F32(ops.attention_scale(self.cfg, s))  # (Hkv, g*m, n_k)
-        mask = ops.visible(pos, kpos, s, self.cfg.window)  # (m, n_k)
+        scores = (qg @ keys.transpose(1, 2, 0)) * F32(ops.attention_scale(s))  # (Hkv, g*m, n_k)
+        mask = ops.visible(pos, kpos, s)  # (m, n_k)
         scores = np.where(np.tile(mask, (g, 1))[None], scores, F32(-np.inf))
         out = ops.softmax(scores) @ vals.transpose(1, 0, 2)  # (Hkv, g*m, d)
-        cache.write(k_new, v_new, pos)
+        new = self.kv.slots(s, np.full(m, seq), pos, self.base)
+        kept = new >= 0
+        cache.k[seq, new[kept]], cache.v[seq, new[kept]] = k_new[kept], v_new[kept]
         return out.reshape(Hkv, g, m, d).transpose(2, 0, 1, 3).reshape(m, H, d)
 

@@ -7,8 +7,10 @@ dequantize-matvec kernels that read each weight row once for all rows; a longer 
 (prefill) dequantizes each matrix into a scratch buffer and multiplies through cuBLAS.
 Around the matvecs a layer is four launches: the per-head norms and RoPE of q, k and v;
 attention in two (its splits, then their merge with the cache store); and the residual add
-of each sub-layer fused with the norm that follows it. The KV cache lives on the device: a
-ring of W slots on sliding layers, a growing buffer on full layers.
+of each sub-layer fused with the norm that follows it. The KV cache lives on the device,
+slots as the session's KV plan (g4c.session.KVPlan) assigns them: a ring of W slots on
+sliding layers (attention reads a batch's own keys from the batch), a growing buffer on
+full layers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from g4c.errors import DeviceUnavailableError, UnsupportedModelError, Unsupporte
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
-from g4c.runtime import Availability, check_decode, check_load, check_prefill, check_seq, check_tokens
+from g4c.runtime import Availability, Capabilities
+from g4c.session import Session
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_FILES = ("matvec.cu", "norm_rope.cu", "attention.cu")
@@ -40,7 +43,6 @@ ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT = 256, 64  # flash-decoding split of the visib
 # a layer's matrices by the input they read: one launch multiplies each group, stacked by rows
 GROUPS = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "attn_output": ("attn_output",),
           "ffn_gate_up": ("ffn_gate", "ffn_up"), "ffn_down": ("ffn_down",)}
-NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 NORM_THREADS = 256  # threads of a row-norm block (qkv_prep uses 128: a head has at most 512 values)
 
 
@@ -79,7 +81,8 @@ def _cupy():
 
 class CudaRuntime:
     name = "cuda"
-    backend = "CUDA"  # llama-bench's backend column
+    capabilities = Capabilities(trace=True, backend="CUDA", methods=frozenset(
+        {"settings", "memory_plan", "memory_bandwidth", "dequantize", "matvec"}))
 
     def __init__(self):
         self._kernels = None
@@ -94,6 +97,16 @@ class CudaRuntime:
         except DeviceUnavailableError as e:
             return Availability(False, str(e))
         return Availability(True)
+
+    def settings(self) -> dict:
+        """The device, its driver and CUDA runtime, how the kernels were compiled, graphs or not."""
+        cp = self.cupy()
+        rt = cp.cuda.runtime
+        version = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731 - CUDA's 12040 is 12.4
+        return {"device": rt.getDeviceProperties(cp.cuda.Device().id)["name"].decode(),
+                "driver": f"CUDA driver {version(rt.driverGetVersion())}, runtime {version(rt.runtimeGetVersion())}",
+                "compiler": "nvcc" if shutil.which("nvcc") else "nvrtc",
+                "graphs": os.environ.get("G4C_CUDA_GRAPHS", "1") != "0"}
 
     def kernels(self):
         if self._kernels is None:
@@ -241,10 +254,10 @@ class _DeviceWeight:
         self.nbytes = sum(w.nbytes for w in ws)
 
 
-class CudaSession:
+class CudaSession(Session):
     def __init__(self, k: Kernels, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
-        c = model.config
-        check_load(model, max_context, n_seq)
+        super().__init__(model, max_context, n_seq, trace)
+        c = self.cfg
         for w in model.weights():  # refuse an unsupported format at load, naming the tensor
             if w.qtype not in TYPE_NAMES:
                 raise UnsupportedQuantError(f"{model.path}: tensor {w.name}: GGML type {w.qtype.name} is not supported by cuda")
@@ -252,97 +265,57 @@ class CudaSession:
             if s.head_dim % 32 or s.head_dim > ATT_MAX_D:
                 raise UnsupportedModelError(f"{model.path}: layer {s.index} head dim {s.head_dim}: the cuda attention "
                                             f"kernel takes multiples of 32 up to {ATT_MAX_D}")
-        self.k, self.cp, self.model, self.cfg = k, k.cp, model, c
+        self.k, self.cp = k, k.cp
         cp = self.cp
         free = cp.cuda.runtime.memGetInfo()[0]
         self.plan = check_fits(lambda n: CudaRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                free, f"{model.path} on cuda")
-        self.max_context, self.n_seq, self.n_vocab = max_context, n_seq, model.n_vocab
-        self.trace: dict | None = {} if trace else None
         # (layer, group) -> its matrices, usually one
         self.mats = {(s.index, g): [_DeviceWeight(cp, run) for run in runs]
                      for s in c.layers for g, runs in stacks(model, s).items()}
         self.embd = _DeviceWeight(cp, [model.weight("token_embd.weight")])
         self.head = self.embd if c.tied_output else _DeviceWeight(cp, [model.weight("output.weight")])
-        self.norm = {f"blk.{s.index}.{n}.weight": cp.asarray(model.layer_weight(s.index, n).vector()) for s in c.layers for n in NORMS}
-        self.out_scale = {s.index: float(model.layer_weight(s.index, "layer_output_scale").vector()[0])
-                          for s in c.layers if s.has_output_scale}
+        self.norm = {key: cp.asarray(v) for key, v in model.norm_vectors().items()}
+        self.out_scale = model.output_scales()
         self.output_norm = cp.asarray(model.weight("output_norm.weight").vector())
         self.inv_freq = {s.index: cp.asarray(inv_freq_f32(s, model.rope_freqs)) for s in c.layers}
-        self.ring = min(c.window, max_context)
+        self.ring = self.kv.ring
         self._scratch = None
         self._graph = None
         # decode steps replay a CUDA graph unless G4C_CUDA_GRAPHS=0
         self.graphs = os.environ.get("G4C_CUDA_GRAPHS", "1") != "0"
         self.graph_error: str | None = None
-        self.reset()
+        self.full_cap = 0
+        self.kv_cache = {}
+        for s in c.layers:
+            if s.sliding:
+                shape = (n_seq, self.ring, s.n_head_kv, s.head_dim)
+                self.kv_cache[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
+        self._grow_full(16)
 
-    # -- public interface ----------------------------------------------------------------
-    @property
-    def logits(self) -> np.ndarray:
-        return self._last[0]
-
-    def reset(self, seq: int | None = None) -> None:
-        cp = self.cp
-        if seq is None:
-            self.lo = np.zeros(self.n_seq, np.int32)
-            self.next_pos = np.zeros(self.n_seq, np.int32)
-            self.full_cap = 0
-            self.kv = {}
-            for s in self.cfg.layers:
-                if s.sliding:
-                    shape = (self.n_seq, self.ring, s.n_head_kv, s.head_dim)
-                    self.kv[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
-            self._graph = None
-            self._grow_full(16)
-            self._last = np.zeros((self.n_seq, self.n_vocab), np.float32)
-        else:
-            check_seq(seq, self.n_seq)
-            self.lo[seq] = 0
-            self.next_pos[seq] = 0
-
-    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        check_seq(seq, self.n_seq)
-        check_prefill(start_pos, len(toks), self.max_context)
-        if start_pos > self.next_pos[seq] or start_pos < self.lo[seq]:
-            self.lo[seq] = start_pos  # a gap (or a restart before the kept span): start afresh
-        pos = start_pos + np.arange(len(toks), dtype=np.int32)
-        logits = self._forward(toks, np.full(len(toks), seq, np.int32), pos, all_logits)
-        self.next_pos[seq] = start_pos + len(toks)
-        self._last[seq] = logits[-1]
-        return logits
-
-    def decode(self, tokens: Sequence[int]) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        pos = self.next_pos.copy()
-        check_decode(len(toks), pos, self.max_context)
-        seqs = np.arange(self.n_seq, dtype=np.int32)
+    def _decode(self, toks: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        seqs = np.arange(self.n_seq)
         if self.graphs and self.trace is None:
-            logits = self._decode_graph(toks, seqs, pos)
-        else:
-            logits = self._forward(toks, seqs, pos, True)
-        self.next_pos += 1
-        self._last[:] = logits
-        return logits
+            return self._decode_graph(toks, seqs, pos)
+        return self._forward(toks, seqs, pos, True)
 
     # -- internals -----------------------------------------------------------------------
     def _grow_full(self, need: int) -> bool:
-        """Full-layer caches hold positions lo .. lo + cap - 1 per sequence (slot = pos - lo).
+        """Full-layer caches to `need` slots per sequence (KVPlan: slot = position - base).
         True when they were reallocated (a captured graph then points at freed buffers)."""
         if need <= self.full_cap:
             return False
         cp = self.cp
-        cap = min(max(need, 2 * self.full_cap), max(need, self.max_context))
+        cap = self.kv.grown(self.full_cap, need)
         for s in self.cfg.layers:
             if s.sliding:
                 continue
             shape = (self.n_seq, cap, s.n_head_kv, s.head_dim)
             k, v = cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32)
             if self.full_cap:
-                old_k, old_v = self.kv[s.index]
+                old_k, old_v = self.kv_cache[s.index]
                 k[:, : self.full_cap], v[:, : self.full_cap] = old_k, old_v
-            self.kv[s.index] = (k, v)
+            self.kv_cache[s.index] = (k, v)
         self.full_cap = cap
         self._graph = None
         return True
@@ -355,7 +328,7 @@ class CudaSession:
         with every input in a persistent device buffer and scratch sized to the cache
         capacity, so that kernel arguments do not change between steps."""
         cp = self.cp
-        self._grow_full(int((pos - self.lo[seqs]).max()) + 1)
+        self._grow_full(self.kv.full_needed(seqs, pos, self.base))
         host = self._host_inputs(toks, seqs, pos)
         host["max_keys_sliding"], host["max_keys_full"] = self.ring, self.full_cap
         g = self._graph
@@ -404,20 +377,16 @@ class CudaSession:
         p0 = self.next_pos.copy()
         for q in np.unique(seqs):
             p0[q] = pos[seqs == q].min()
-        span = pos - self.lo[seqs]
-        ring_slot = (pos % self.ring).astype(np.int64)
-        for q in np.unique(seqs):  # a batch longer than the ring keeps only its last W rows
-            rows = np.flatnonzero(seqs == q)
-            ring_slot[rows[: max(0, len(rows) - self.ring)]] = -1
+        span = self.kv.full_slots(seqs, pos, self.base)
         return {
             "ids": toks.astype(np.int64), "pos": pos.astype(np.int32), "seq": seqs.astype(np.int32),
-            "lo": self.lo.astype(np.int32), "p0": p0.astype(np.int32),
-            "ring_slot": ring_slot, "full_slot": span.astype(np.int64),
+            "lo": self.base.astype(np.int32), "p0": p0.astype(np.int32),
+            "ring_slot": self.kv.ring_slots(seqs, pos), "full_slot": span,
             "max_keys_sliding": max(1, int(min(self.ring, span.max() + 1))), "max_keys_full": max(1, int(span.max() + 1)),
         }
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
-        self._grow_full(int((pos - self.lo[seqs]).max()) + 1)  # full-layer slots: position - lo
+        self._grow_full(self.kv.full_needed(seqs, pos, self.base))
         host = self._host_inputs(toks, seqs, pos)
         dev = {k: (self.cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
         return self.cp.asnumpy(self._run(dev, all_logits))
@@ -431,7 +400,7 @@ class CudaSession:
         if self.trace is not None:
             self.trace.clear()
         # each layer's input norm, then the output norm: a layer ends by computing the next one
-        norms = [self.norm[f"blk.{s.index}.attn_norm.weight"] for s in c.layers] + [self.output_norm]
+        norms = [self.norm[s.index, "attn_norm"] for s in c.layers] + [self.output_norm]
         h = self.k.rms_norm(x, norms[0], c.eps)
         for j, s in enumerate(c.layers):
             h = self._layer(s, x, h, norms[j + 1], dev)  # x updated in place
@@ -447,7 +416,7 @@ class CudaSession:
         next_norm(x) for what follows (the next layer's attn_norm, or the output norm)."""
         cp, c, k, i = self.cp, self.cfg, self.k, s.index
         n, H, Hkv, d = x.shape[0], c.n_head, s.n_head_kv, s.head_dim
-        norm = lambda name: self.norm[f"blk.{i}.{name}.weight"]  # noqa: E731
+        norm = lambda name: self.norm[i, name]  # noqa: E731
         qkv = self._mm(h, i, "attn_qkv")
         q, kk, v = cp.empty((n, H, d), cp.float32), cp.empty((n, Hkv, d), cp.float32), cp.empty((n, Hkv, d), cp.float32)
         col_k = H * d
@@ -456,17 +425,15 @@ class CudaSession:
             qkv, np.int64(qkv.shape[1]), np.int32(col_k), np.int32(col_v), norm("attn_q_norm"), norm("attn_k_norm"),
             q, kk, v, dev["pos"], self.inv_freq[i], np.int32(H), np.int32(Hkv), np.int32(d), np.int32(s.n_rot),
             np.float32(c.eps), np.int32(c.v_norm)))
-        k_cache, v_cache = self.kv[i]
+        k_cache, v_cache = self.kv_cache[i]
         n_slots = k_cache.shape[1]
-        window = c.window if s.sliding else 0
         max_keys = dev["max_keys_sliding" if s.sliding else "max_keys_full"]
         a = cp.empty((n, H, d), cp.float32)
         n_split = max(1, min(ATT_MAX_SPLIT, -(-max_keys // ATT_KEYS_PER_SPLIT)))
         part = cp.empty((n, H, n_split, d + 2), cp.float32)
-        scale = c.attn_scale_swa if s.sliding else c.attn_scale_full
         k.fn("attention_split")((n, H, n_split), (32 * ATT_WARPS,), (
             q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["lo"], dev["p0"], np.int32(H), np.int32(Hkv),
-            np.int32(d), np.int32(n_slots), np.int32(window), np.float32(scale), np.int32(s.sliding), np.int32(n_split)))
+            np.int32(d), np.int32(n_slots), np.int32(s.window), np.float32(s.attn_scale), np.int32(s.sliding), np.int32(n_split)))
         # the merge then stores the new keys: after every split has read the cache
         k.fn("attention_combine")((n, H), (128,), (
             part, a, np.int32(H), np.int32(d), np.int32(n_split), kk, v, k_cache, v_cache,

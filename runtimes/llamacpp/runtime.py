@@ -12,21 +12,22 @@ f16 tolerance class. Its most exact settings are the defaults here: an f32 KV ca
 (G4C_LLAMACPP_FLASH_ATTN=auto|on); every session records both (`kv_type`, `flash_attn`).
 
 Rewinding (start_pos below the next position) removes the tail with llama_memory_seq_rm;
-where llama.cpp cannot remove part of a sliding-window cache, the sequence is cleared and
-its kept tokens are evaluated again.
+where llama.cpp cannot remove part of a sliding-window cache, the session base
+(g4c.session.Session) clears the sequence and evaluates its kept tokens again.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Sequence
 
 import numpy as np
 
+from g4c import quants
 from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.model import Model
-from g4c.runtime import Availability, check_decode, check_load, check_prefill, check_seq, check_tokens
+from g4c.runtime import Availability, Capabilities, departure
+from g4c.session import Session
 
 N_BATCH = 512
 KV_TYPES = {"f32": 0, "f16": 1}
@@ -42,26 +43,30 @@ def _lib():
     return llama_cpp
 
 
-ACTIVATIONS = ("spec section 5: llama.cpp's CPU matmuls round the activations before multiplying "
+ACTIVATIONS = ("llama.cpp's CPU matmuls round the activations before multiplying "
                "(8-bit blocks, Q8_0 or Q8_K, for quantized weights; bf16 for BF16 weights)")
-QUANTIZED = r"(Q\w+|BF16)"
+# the weight types whose matmuls round the activations: all but F32 and F16
+ROUNDED = tuple(t.name for t in quants.SUPPORTED_TYPES if t.name not in ("F32", "F16"))
 
 
 class LlamaCppRuntime:
     name = "llamacpp"
-    backend = "CPU (llama.cpp)"
-    precision = "f16"  # spec section 5: 8-bit activations on quantized matmuls, f16 GeLU table
-    # where llama.cpp departs from the reference, by design, with the spec section (conftest
-    # turns each into a strict xfail: still run and measured, and a pass would flag it stale)
-    departures = {
-        rf"test_weight_types\.py::test_model_in_type\[{QUANTIZED}\]": ACTIVATIONS,
-        rf"test_greedy\.py::test_greedy_parity\[tiny-{QUANTIZED}\]": ACTIVATIONS,
-        rf"test_llamacpp_parity\.py::test_llamacpp_golden\[tiny-{QUANTIZED}\]": ACTIVATIONS,
-        r"test_llamacpp_parity\.py::test_gemma3_270m_(llamacpp|reference_greedy)":
-            ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)",
-        r"test_header\.py::test_architecture_strings\[gemma4_unified\]":
-            "spec section 1: files may declare gemma4_unified; llama.cpp's architecture table knows only gemma4",
-    }
+    capabilities = Capabilities(
+        precision="f16",  # spec section 5: 8-bit activations on quantized matmuls, f16 GeLU table
+        backend="CPU (llama.cpp)",
+        methods=frozenset({"settings", "memory_bandwidth"}),
+        # where llama.cpp departs from the reference by design, with the spec section (conftest
+        # turns each into a strict xfail: still run and measured, and a pass flags it stale)
+        departures=(
+            departure("test_model_in_type", "5", ACTIVATIONS, qtype=ROUNDED),
+            departure("test_greedy_parity", "5", ACTIVATIONS, preset="tiny", qtype=ROUNDED),
+            departure("test_llamacpp_golden", "5", ACTIVATIONS, preset="tiny", qtype=ROUNDED),
+            departure("test_gemma3_270m_llamacpp", "5", ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)"),
+            departure("test_gemma3_270m_reference_greedy", "5",
+                      ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)"),
+            departure("test_architecture_strings", "1",
+                      "files may declare gemma4_unified; llama.cpp's architecture table knows only gemma4", arch="gemma4_unified"),
+        ))
 
     def __init__(self):
         self._ready = False
@@ -76,6 +81,15 @@ class LlamaCppRuntime:
     def version(self) -> str:
         lib = _lib()
         return f"llama-cpp-python {lib.__version__}"
+
+    def settings(self) -> dict:
+        """llama.cpp's build (its system info line) and the settings every session takes."""
+        from g4c.provenance import cpu_name
+
+        return {"device": cpu_name(), "driver": f"{self.version()}: {_lib().llama_print_system_info().decode().strip()}",
+                "kv_type": os.environ.get("G4C_LLAMACPP_KV", "f32"),
+                "flash_attn": os.environ.get("G4C_LLAMACPP_FLASH_ATTN", "off"),
+                "library": getattr(_lib(), "__file__", "?")}
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "LlamaCppSession":
         lib = _lib()
@@ -104,12 +118,12 @@ except ImportError:
     _SILENT = None
 
 
-class LlamaCppSession:
+class LlamaCppSession(Session):
+    ubatch = N_BATCH
+
     def __init__(self, lib, model: Model, max_context: int, n_seq: int):
-        check_load(model, max_context, n_seq)
-        self.lib, self.model = lib, model
-        self.max_context, self.n_seq = max_context, n_seq
-        self.trace = None  # llama.cpp exposes no per-layer outputs through this API
+        super().__init__(model, max_context, n_seq)  # no trace: llama.cpp exposes no per-layer outputs here
+        self.lib = lib
         self.kv_type = os.environ.get("G4C_LLAMACPP_KV", "f32")
         if self.kv_type not in KV_TYPES:
             raise G4CError(f"G4C_LLAMACPP_KV must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
@@ -119,9 +133,8 @@ class LlamaCppSession:
         if not self._model:
             raise G4CError(f"{model.path}: llama.cpp could not load the model (llama_model_load_from_file failed)")
         vocab = lib.llama_model_get_vocab(self._model)
-        self.n_vocab = lib.llama_vocab_n_tokens(vocab)
-        if self.n_vocab != model.n_vocab:
-            raise G4CError(f"{model.path}: llama.cpp sees {self.n_vocab} tokens, the file {model.n_vocab}")
+        if lib.llama_vocab_n_tokens(vocab) != model.n_vocab:
+            raise G4CError(f"{model.path}: llama.cpp sees {lib.llama_vocab_n_tokens(vocab)} tokens, the file {model.n_vocab}")
         cp = lib.llama_context_default_params()
         # positions are values in llama.cpp's cache cells, not indices: the cache only needs
         # room for the tokens held, so a prompt at position 262136 fits a small context
@@ -145,8 +158,6 @@ class LlamaCppSession:
         self.n_ctx = lib.llama_n_ctx(self._ctx)
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(N_BATCH, 0, n_seq)
-        self._last = np.zeros((n_seq, self.n_vocab), np.float32)
-        self.reset()
 
     def __del__(self):
         lib = getattr(self, "lib", None)
@@ -162,90 +173,54 @@ class LlamaCppSession:
             lib.llama_model_free(self._model)
             self._model = None
 
-    @property
-    def logits(self) -> np.ndarray:
-        return self._last[0]
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's ids for text, add_special (BOS) and parse_special on."""
+        vocab = self.lib.llama_model_get_vocab(self._model)
+        raw = text.encode("utf-8")
+        n_max = len(raw) + 8
+        buf = (ctypes.c_int32 * n_max)()
+        n = self.lib.llama_tokenize(vocab, raw, len(raw), buf, n_max, True, True)
+        if n < 0:
+            raise G4CError(f"llama_tokenize needs {-n} tokens for {text!r}")
+        return list(buf[:n])
 
-    def reset(self, seq: int | None = None) -> None:
-        seqs = range(self.n_seq) if seq is None else [check_seq(seq, self.n_seq)]
-        if seq is None:
-            self.lib.llama_memory_clear(self._mem, True)
-            self.base = [0] * self.n_seq
-            self.history: list[list[int]] = [[] for _ in range(self.n_seq)]
-        for s in seqs:
-            self.lib.llama_memory_seq_rm(self._mem, s, -1, -1)
-            self.base[s], self.history[s] = 0, []
+    def eog_ids(self) -> list[int]:
+        """The ids llama.cpp ends generation at."""
+        vocab = self.lib.llama_model_get_vocab(self._model)
+        return [i for i in range(self.n_vocab) if self.lib.llama_vocab_is_eog(vocab, i)]
 
-    def _next(self, s: int) -> int:
-        return self.base[s] + len(self.history[s])
+    def _forget(self, seq: int, start: int) -> bool:
+        """llama_memory_seq_rm of positions >= start; False where llama.cpp refuses (part of a
+        sliding-window cache)."""
+        if start <= self.base[seq]:
+            start = -1  # the whole sequence
+        return bool(self.lib.llama_memory_seq_rm(self._mem, seq, start, -1))
 
-    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        check_seq(seq, self.n_seq)
-        check_prefill(start_pos, len(toks), self.max_context)
-        if start_pos > self._next(seq) or start_pos < self.base[seq]:
-            self.reset(seq)  # a gap (or a rewind before the sequence began): start afresh there
-            self.base[seq] = start_pos
-        elif start_pos < self._next(seq):
-            self._rewind(seq, start_pos)
-        self._room(len(toks))
-        rows = self._eval(toks, np.full(len(toks), seq), start_pos + np.arange(len(toks)), all_logits)
-        self.history[seq] += [int(t) for t in toks]
-        self._last[seq] = rows[-1]
-        return rows if all_logits else rows[-1:]
-
-    def decode(self, tokens: Sequence[int]) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        pos = np.array([self._next(s) for s in range(self.n_seq)])
-        check_decode(len(toks), pos, self.max_context)
-        self._room(1)
-        rows = self._eval(toks, np.arange(self.n_seq), pos, True)
-        for s, t in enumerate(toks):
-            self.history[s].append(int(t))
-        self._last[:] = rows
-        return rows
-
-    def _room(self, n_new: int) -> None:
-        held = max(len(h) for h in self.history) + n_new
-        if held > self.n_ctx // self.n_seq:
-            raise G4CError(f"llama.cpp context of {self.n_ctx // self.n_seq} per sequence cannot hold {held} tokens "
-                           "(G4C_LLAMACPP_CTX sets it)")
-
-    def _rewind(self, seq: int, start_pos: int) -> None:
-        keep = start_pos - self.base[seq]
-        if not self.lib.llama_memory_seq_rm(self._mem, seq, start_pos, -1):
-            kept = self.history[seq][:keep]
-            base = self.base[seq]
-            self.reset(seq)
-            self.base[seq] = base
-            if kept:
-                self._eval(np.array(kept), np.full(len(kept), seq), base + np.arange(len(kept)), False)
-                self.history[seq] = kept
-            return
-        self.history[seq] = self.history[seq][:keep]
+    def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
+        room = self.n_ctx // self.n_seq
+        for q in np.unique(seqs):
+            held = int(self.next_pos[q] - self.base[q]) + int((seqs == q).sum())
+            if held > room:
+                raise G4CError(f"llama.cpp context of {room} per sequence cannot hold {held} tokens "
+                               "(G4C_LLAMACPP_CTX sets it)")
+        return self._eval(toks, seqs, pos, all_logits)
 
     def _eval(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
-        """llama_decode in batches of N_BATCH; logits of every row (or of the last)."""
-        out = np.empty((len(toks) if all_logits else 1, self.n_vocab), np.float32)
-        b = self._batch
-        for a in range(0, len(toks), N_BATCH):
-            n = min(N_BATCH, len(toks) - a)
-            for i in range(n):
-                j = a + i
-                b.token[i] = int(toks[j])
-                b.pos[i] = int(pos[j])
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = int(seqs[j])
-                b.logits[i] = all_logits or j == len(toks) - 1
-            b.n_tokens = n
-            rc = self.lib.llama_decode(self._ctx, b)
-            if rc != 0:
-                raise G4CError(f"{self.model.path}: llama_decode failed with code {rc} at positions "
-                               f"{int(pos[a])}..{int(pos[a + n - 1])}")
-            for i in range(n):
-                j = a + i
-                if all_logits or j == len(toks) - 1:
-                    ptr = self.lib.llama_get_logits_ith(self._ctx, i)
-                    row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,))
-                    out[j if all_logits else 0] = row
+        """One llama_decode of at most N_BATCH rows; logits of every row (or of the last)."""
+        n, b = len(toks), self._batch
+        for i in range(n):
+            b.token[i] = int(toks[i])
+            b.pos[i] = int(pos[i])
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = int(seqs[i])
+            b.logits[i] = all_logits or i == n - 1
+        b.n_tokens = n
+        rc = self.lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise G4CError(f"{self.model.path}: llama_decode failed with code {rc} at positions {int(pos[0])}..{int(pos[-1])}")
+        rows = range(n) if all_logits else [n - 1]
+        out = np.empty((len(rows), self.n_vocab), np.float32)
+        for j, i in enumerate(rows):
+            ptr = self.lib.llama_get_logits_ith(self._ctx, i)
+            out[j] = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,))
         return out

@@ -208,6 +208,7 @@ class Device:
         self.is_cpu = props[idx].deviceType == vk.VK_PHYSICAL_DEVICE_TYPE_CPU
         self.int64 = bool(vk.vkGetPhysicalDeviceFeatures(self.physical).shaderInt64)  # enabled where offered
         self.subgroup_size, self.wide_reason = self._wide_support(vk, props[idx])
+        self.driver = self._driver(vk, props[idx])
         forced = os.environ.get("G4C_VULKAN_PATH", "")
         if forced not in ("", "baseline", "wide"):
             raise G4CError(f"G4C_VULKAN_PATH={forced!r}: expected baseline or wide")
@@ -240,6 +241,17 @@ class Device:
         self._sets: dict = {}
         self._pipelines: dict = {}
         self._stage: Buffer | None = None
+
+    def _driver(self, vk, props) -> str:
+        """The driver's own name and version string (Vulkan 1.2), and the API version."""
+        api = props.apiVersion
+        version = f"Vulkan {vk.VK_VERSION_MAJOR(api)}.{vk.VK_VERSION_MINOR(api)}.{vk.VK_VERSION_PATCH(api)}"
+        if api < vk.VK_MAKE_VERSION(1, 2, 0):
+            return f"driver version {props.driverVersion:#x}, {version}"
+        dp = vk.VkPhysicalDeviceDriverProperties()
+        vk.vkGetPhysicalDeviceProperties2(self.physical, vk.VkPhysicalDeviceProperties2(pNext=dp))
+        text = lambda v: v if isinstance(v, str) else self.ffi.string(v).decode()  # noqa: E731
+        return f"{text(dp.driverName)} {text(dp.driverInfo)}, {version}"
 
     def _wide_support(self, vk, props) -> tuple[int, str]:
         """(subgroup size, why the wide path cannot run here or "")."""

@@ -9,16 +9,16 @@ the logits back: decode steps reuse theirs until a full-layer cache grows. Prefi
 micro-batches of UBATCH tokens through the tiled matmul shader; decode of up to 16
 sequences reads each weight row once for all of them (matvec shader).
 
-KV caches are f32, per sequence: sliding layers a ring of W + UBATCH slots (slot = position
-mod that), so a micro-batch never evicts a key one of its own rows still needs; full layers
-one slot per position from where the sequence began, grown by doubling up to max_context.
+KV caches are f32, per sequence, slots as the session's KV plan (g4c.session.KVPlan) assigns
+them: sliding layers a ring of W + UBATCH slots, since a micro-batch stores its keys before
+attending and must not evict a key one of its own rows still needs; full layers one slot per
+position from where the sequence began, grown by doubling up to max_context. Each slot's
+position lives on the device too (-1: empty), so attention skips what was forgotten.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import numpy as np
 
 from g4c import quants
@@ -27,13 +27,12 @@ from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.model import Model
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
-from g4c.runtime import Availability, check_load, check_prefill, check_seq, check_tokens, decode_step, prefill_rows
+from g4c.runtime import Availability, Capabilities
+from g4c.session import Session
 
 F32 = np.float32
 UBATCH = 64
 MAX_MATVEC_SEQ = 16  # matvec.comp's MAX_SEQ
-MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 ADD, SCALE, GELU_MUL, SOFTCAP, COPY = range(5)
 # the bindings each shader writes (the rest it only reads)
 WRITES = {"matvec": (2,), "matmul": (2,), "matvec_wide": (2,), "matmul_wide": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4, 6), "attention": (5, 6),
@@ -64,7 +63,8 @@ def _grid(n: int) -> tuple[int, int, int]:
 
 class VulkanRuntime:
     name = "vulkan"
-    backend = "Vulkan"
+    capabilities = Capabilities(trace=True, backend="Vulkan", methods=frozenset(
+        {"settings", "memory_plan", "memory_bandwidth", "dequantize", "matvec"}))
 
     def __init__(self):
         self._dev = None
@@ -96,8 +96,8 @@ class VulkanRuntime:
     def settings(self) -> dict:
         """What results depend on: the device, the kernel path, how device memory is reached."""
         dev = self.device()
-        return {"device": dev.name, "path": "wide" if dev.wide else "baseline", "subgroup_size": dev.subgroup_size,
-                "staging": dev.staging, "storage16": dev.storage16}
+        return {"device": dev.name, "driver": dev.driver, "path": "wide" if dev.wide else "baseline",
+                "subgroup_size": dev.subgroup_size, "staging": dev.staging, "storage16": dev.storage16}
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "VulkanSession":
         return VulkanSession(self.device(), model, max_context, n_seq, trace)
@@ -176,47 +176,37 @@ class _Matrix:
             self.chunks.append((a, len(part), buf))
 
 
-class VulkanSession:
+class VulkanSession(Session):
+    ubatch = UBATCH
+    ring_extra = UBATCH  # a micro-batch stores its keys before attending (KVPlan)
+
     def __init__(self, dev, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
-        check_load(model, max_context, n_seq)
-        c = self.cfg = model.config
+        super().__init__(model, max_context, n_seq, trace)
+        c = self.cfg
         self.plan = check_fits(lambda n: VulkanRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                dev.available_memory(), f"{model.path} on vulkan ({dev.name})")
-        self.dev, self.model = dev, model
+        self.dev = dev
         self.wide = dev.wide  # the kernel path, fixed for the session
-        self.max_context, self.n_seq = max_context, n_seq
-        self.n_vocab = model.n_vocab
-        self.trace: dict | None = {} if trace else None
         for s in c.layers:  # the shaders index heads assuming an even split
             if c.n_head % s.n_head_kv:
                 raise G4CError(f"{model.path}: layer {s.index}: {c.n_head} heads do not split over {s.n_head_kv} KV heads")
         self.mat: dict[str, _Matrix] = {}
-        for s in c.layers:
-            for m in MATRICES:
-                name = f"blk.{s.index}.{m}.weight"
-                if model.has(name):
-                    w = model.weight(name)
-                    quants.layout(w.qtype, f"{model.path}: {name}")
-                    self.mat[name] = _Matrix(dev, name, w.raw, w.qtype, w.n_cols)
+        for w in model.layer_matrices():
+            quants.layout(w.qtype, f"{model.path}: {w.name}")
+            self.mat[w.name] = _Matrix(dev, w.name, w.raw, w.qtype, w.n_cols)
         out = model.output_weight
         self.head = _Matrix(dev, out.name, out.raw, out.qtype, out.n_cols)
         self.embd = model.weight("token_embd.weight")
-        self.vec = {}
-        for s in c.layers:
-            for n in NORMS:
-                self.vec[f"blk.{s.index}.{n}"] = self._upload(model.layer_weight(s.index, n).vector())
+        self.vec = {key: self._upload(v) for key, v in model.norm_vectors().items()}
         self.vec["output_norm"] = self._upload(model.weight("output_norm.weight").vector())
-        self.out_scale = {s.index: float(model.layer_weight(s.index, "layer_output_scale").vector()[0])
-                          for s in c.layers if s.has_output_scale}
+        self.out_scale = model.output_scales()
         self.inv_freq = {s.index: inv_freq_f32(s, model.rope_freqs) for s in c.layers}
-        self.ring = min(c.window + UBATCH, max_context)
+        self.ring = self.kv.ring
         self.cap_full = min(256, max_context)
         self._io = None
         self._scores = None  # attention scores scratch, grown with the batch and the caches
         self._recorded: dict = {}
         self._alloc_caches()
-        self._last = np.zeros((n_seq, self.n_vocab), F32)
-        self.reset()
 
     def __del__(self):
         dev = getattr(self, "dev", None)
@@ -231,6 +221,11 @@ class VulkanSession:
         b = self.dev.buffer(arr.nbytes, host=False)
         self.dev.upload(b, np.ascontiguousarray(arr, F32))
         return b
+
+    def device_buffers(self) -> list:
+        """Every device-local buffer the session holds: weights, norms, caches, activations."""
+        return ([b for m in [*self.mat.values(), self.head] for _, _, b in m.chunks] + list(self.vec.values())
+                + [*self.kc.values(), *self.vc.values(), *self.kpos.values(), *(self._io or {}).values()])
 
     # -- caches -----------------------------------------------------------------------------
     def _cap(self, s: LayerSpec) -> int:
@@ -259,9 +254,7 @@ class VulkanSession:
         """Full-layer caches to at least `need` slots per sequence (doubling, up to max_context):
         K and V copied on the device, sequence by sequence, into zeroed larger buffers; slot
         positions grown on the host and uploaded; recorded batches dropped."""
-        new = self.cap_full
-        while new < need:
-            new = min(2 * new, self.max_context)
+        new = self.kv.grown(self.cap_full, need)
         old = self.cap_full
         for s in self.cfg.layers:
             if s.sliding:
@@ -283,21 +276,10 @@ class VulkanSession:
         self.cap_full = new
         self._recorded.clear()
 
-    @property
-    def logits(self) -> np.ndarray:
-        return self._last[0]
-
-    def reset(self, seq: int | None = None) -> None:
-        seqs = range(self.n_seq) if seq is None else [check_seq(seq, self.n_seq)]
-        if seq is None:
-            self.base = [0] * self.n_seq
-            self.next_pos = [0] * self.n_seq
-        for q in seqs:
-            self._edit_kpos(q, lambda kp: kp.fill(-1))
-            self.base[q], self.next_pos[q] = 0, 0
-
-    def _truncate(self, q: int, start: int) -> None:
-        self._edit_kpos(q, lambda kp: kp.__setitem__(kp >= start, -1))
+    def _forget(self, seq: int, start: int) -> bool:
+        """Slots of seq holding positions >= start marked empty, on the host and the device."""
+        self._edit_kpos(seq, lambda kp: kp.__setitem__(kp >= start, -1))
+        return True
 
     def _edit_kpos(self, q: int, edit) -> None:
         """Apply edit to sequence q's slot positions in every layer, on the host copy, and
@@ -309,20 +291,6 @@ class VulkanSession:
             edit(kp)
             if not np.array_equal(was, kp):
                 self.dev.upload(self.kpos[s.index], kp, q * cap * 4)
-
-    def prefill(self, tokens: Sequence[int], start_pos: int = 0, seq: int = 0, all_logits: bool = True) -> np.ndarray:
-        toks = check_tokens(tokens, self.n_vocab)
-        check_seq(seq, self.n_seq)
-        check_prefill(start_pos, len(toks), self.max_context)
-        if start_pos > self.next_pos[seq] or start_pos < self.base[seq]:
-            self.reset(seq)  # a gap (or a rewind before the sequence began): start afresh there
-            self.base[seq] = start_pos
-        else:
-            self._truncate(seq, start_pos)
-        return prefill_rows(self, toks, seq, start_pos, all_logits, UBATCH)
-
-    def decode(self, tokens: Sequence[int]) -> np.ndarray:
-        return decode_step(self, tokens)
 
     # -- forward ------------------------------------------------------------------------------
     def _io_buffers(self):
@@ -356,7 +324,7 @@ class VulkanSession:
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
         c, n = self.cfg, len(toks)
-        need = int(max(pos[i] - self.base[int(seqs[i])] for i in range(n))) + 1
+        need = self.kv.full_needed(seqs, pos, self.base)
         if need > self.cap_full:
             self._grow_full(need)
         self._io_buffers()  # made on first use, with their host twins _in and _out
@@ -365,8 +333,9 @@ class VulkanSession:
         inp = self._in
         inp["x"].write(self.embd.take(toks) * F32(c.embd_scale))
         inp["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
-        slot_swa = (seqs * self.ring + pos % self.ring).astype(np.int32)
-        slot_full = (seqs * self.cap_full + (pos - np.asarray(self.base)[seqs])).astype(np.int32)
+        # slots in the caches of all sequences: sequence q's slots follow q * capacity
+        slot_swa = (seqs * self.ring + self.kv.ring_slots(seqs, pos)).astype(np.int32)
+        slot_full = (seqs * self.cap_full + self.kv.full_slots(seqs, pos, self.base)).astype(np.int32)
         inp["slot_swa"].write(slot_swa)
         inp["slot_full"].write(slot_full)
         for s in c.layers:  # the key positions the new rows take (kv_store writes the device's)
@@ -406,15 +375,15 @@ class VulkanSession:
         for s in c.layers:
             i = s.index
             H, Hkv, d = c.n_head, s.n_head_kv, s.head_dim
-            self._norm(io["x"], io["h"], self.vec[f"blk.{i}.attn_norm"], E, n)
+            self._norm(io["x"], io["h"], self.vec[i, "attn_norm"], E, n)
             self._mm(f"blk.{i}.attn_q.weight", io["h"], io["q"], n)
             self._mm(f"blk.{i}.attn_k.weight", io["h"], io["k"], n)
             if s.has_v:
                 self._mm(f"blk.{i}.attn_v.weight", io["h"], io["v"], n)
             else:  # k_eq_v: V is the raw K projection (before k_norm and RoPE)
                 self._ew(io["v"], io["k"], n * Hkv * d, COPY)
-            self._norm(io["q"], io["q"], self.vec[f"blk.{i}.attn_q_norm"], d, n * H)
-            self._norm(io["k"], io["k"], self.vec[f"blk.{i}.attn_k_norm"], d, n * Hkv)
+            self._norm(io["q"], io["q"], self.vec[i, "attn_q_norm"], d, n * H)
+            self._norm(io["k"], io["k"], self.vec[i, "attn_k_norm"], d, n * Hkv)
             if c.v_norm:
                 self._norm(io["v"], io["v"], None, d, n * Hkv)
             cs = io["cs_swa" if s.sliding else "cs_full"]
@@ -424,23 +393,22 @@ class VulkanSession:
             slots = io["slot_swa" if s.sliding else "slot_full"]
             self._dispatch("kv_store", {}, [io["k"], io["v"], slots, self.kc[i], self.vc[i], io["tok"], self.kpos[i]],
                            [n, Hkv * d], _grid(-(-n * Hkv * d // 64)))
-            scale = float(c.attn_scale_swa if s.sliding else c.attn_scale_full)
-            push = [n, H, Hkv, d, cap, c.window if s.sliding else 0, scale]
+            push = [n, H, Hkv, d, cap, s.window, float(s.attn_scale)]
             bufs = [io["q"], self.kc[i], self.vc[i], self.kpos[i], io["tok"], scores, io["a"]]
             if self.wide:
                 self._dispatch("attention_wide", {"SG": self.dev.subgroup_size}, bufs + [slots], push, _grid(n * H))
             else:
                 self._dispatch("attention", {}, bufs, push, _grid(n * H))
             self._mm(f"blk.{i}.attn_output.weight", io["a"], io["t"], n)
-            self._norm(io["t"], io["t"], self.vec[f"blk.{i}.post_attention_norm"], E, n)
+            self._norm(io["t"], io["t"], self.vec[i, "post_attention_norm"], E, n)
             self._traced(i, "attn_out", io["t"], n * E)
             self._ew(io["x"], io["t"], n * E, ADD)
-            self._norm(io["x"], io["h"], self.vec[f"blk.{i}.ffn_norm"], E, n)
+            self._norm(io["x"], io["h"], self.vec[i, "ffn_norm"], E, n)
             self._mm(f"blk.{i}.ffn_gate.weight", io["h"], io["g"], n)
             self._mm(f"blk.{i}.ffn_up.weight", io["h"], io["u"], n)
             self._ew(io["g"], io["u"], n * s.n_ff, GELU_MUL)
             self._mm(f"blk.{i}.ffn_down.weight", io["g"], io["t"], n)
-            self._norm(io["t"], io["t"], self.vec[f"blk.{i}.post_ffw_norm"], E, n)
+            self._norm(io["t"], io["t"], self.vec[i, "post_ffw_norm"], E, n)
             self._traced(i, "ffn_out", io["t"], n * E)
             self._ew(io["x"], io["t"], n * E, ADD)
             if s.has_output_scale:

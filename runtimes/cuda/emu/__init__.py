@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -187,9 +188,17 @@ class EmulatedCudaRuntime(CudaRuntime):
     """The CUDA runtime's host code and kernels on the CPU; for testing, not a speed figure."""
 
     name = "cuda-emu"
-    backend = "CUDA emulator"
-    explicit_only = True  # runs when asked for by name, never in a default run
+    # runs when asked for by name, never in a default run
+    capabilities = dataclasses.replace(CudaRuntime.capabilities, backend="CUDA emulator", explicit_only=True)
 
     def cupy(self):
         compiler()  # raises DeviceUnavailableError without g++, which makes the runtime unavailable
         return cupy
+
+    def settings(self) -> dict:
+        from g4c.provenance import cpu_name
+
+        cxx = compiler()
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+        return {"device": f"CUDA emulator on {cpu_name()}", "driver": version,
+                "threads": int(os.environ.get("G4C_CUDA_EMU_THREADS") or os.cpu_count() or 1), "graphs": False}
