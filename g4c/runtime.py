@@ -61,6 +61,8 @@ METHODS = {
     "matvec": "matvec(raw, qtype, n_cols, x) -> float32 (rows,): op-level weight-type cases",
 }
 
+EVERY_METHOD = frozenset(METHODS)
+
 
 @dataclass(frozen=True)
 class Departure:

@@ -17,7 +17,7 @@ from g4c import quants
 from g4c.config import LayerSpec
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
-from g4c.runtime import Availability, Capabilities
+from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
 from . import ops
@@ -37,8 +37,7 @@ def _dense_bytes(model: Model) -> int:
 
 class CpuRuntime:
     name = "cpu"
-    capabilities = Capabilities(trace=True, backend="CPU", methods=frozenset(
-        {"settings", "memory_plan", "memory_bandwidth", "dequantize", "matvec"}))
+    capabilities = Capabilities(trace=True, backend="CPU", methods=EVERY_METHOD)
 
     def availability(self) -> Availability:
         return Availability(True)

@@ -28,7 +28,7 @@ from g4c.errors import DeviceUnavailableError, UnsupportedModelError, Unsupporte
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
-from g4c.runtime import Availability, Capabilities
+from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
@@ -81,8 +81,7 @@ def _cupy():
 
 class CudaRuntime:
     name = "cuda"
-    capabilities = Capabilities(trace=True, backend="CUDA", methods=frozenset(
-        {"settings", "memory_plan", "memory_bandwidth", "dequantize", "matvec"}))
+    capabilities = Capabilities(trace=True, backend="CUDA", methods=EVERY_METHOD)
 
     def __init__(self):
         self._kernels = None

@@ -27,7 +27,7 @@ from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.model import Model
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
-from g4c.runtime import Availability, Capabilities
+from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
 F32 = np.float32
@@ -63,8 +63,7 @@ def _grid(n: int) -> tuple[int, int, int]:
 
 class VulkanRuntime:
     name = "vulkan"
-    capabilities = Capabilities(trace=True, backend="Vulkan", methods=frozenset(
-        {"settings", "memory_plan", "memory_bandwidth", "dequantize", "matvec"}))
+    capabilities = Capabilities(trace=True, backend="Vulkan", methods=EVERY_METHOD)
 
     def __init__(self):
         self._dev = None
