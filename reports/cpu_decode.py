@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import threading
 import time
 
@@ -47,6 +46,7 @@ def main() -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
+    from g4c import provenance
     from g4c.model import Model
     from runtimes.cpu import CpuRuntime
 
@@ -65,7 +65,6 @@ def main() -> None:
     doc = {
         "model": os.path.basename(args.model),
         "weight_bytes": model.weight_bytes,
-        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "load_s": t1 - t0,
         "prefill_tokens": args.prompt,
         "prefill_s": t2 - t1,
@@ -75,6 +74,7 @@ def main() -> None:
         "peak_rss_anon_bytes": peak["RssAnon"],
         "peak_rss_file_bytes": peak["RssFile"],
         "peak_rss_bytes": _status()["VmHWM"],
+        "provenance": provenance.record({"cpu": CpuRuntime()}),
     }
     text = json.dumps(doc, indent=1)
     print(text)

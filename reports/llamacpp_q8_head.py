@@ -107,6 +107,10 @@ def main(argv=None) -> None:
         if not isinstance(v, list):
             print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     if args.out:
+        from g4c import provenance
+        from runtimes.llamacpp import LlamaCppRuntime
+
+        res["provenance"] = provenance.record({"llamacpp": LlamaCppRuntime()})
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from g4c import provenance
 from g4c.model import Model
 from runtimes.cpu import CpuRuntime
 
@@ -39,7 +40,8 @@ def main() -> None:
               f"planned total {plan.total:,} B")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"model": args.model.rsplit("/", 1)[-1], "runtime": "cpu", "rows": rows}, f, indent=1)
+            json.dump({"model": args.model.rsplit("/", 1)[-1], "runtime": "cpu", "rows": rows,
+                       "provenance": provenance.record({"cpu": CpuRuntime()})}, f, indent=1)
 
 
 if __name__ == "__main__":
