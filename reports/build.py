@@ -9,11 +9,15 @@ Understood formats, told apart by their content:
 - conformance results (`pytest conformance --results-json`, `g4c run`);
 - pytest-benchmark JSON of `benchmarks/` (`--benchmark-json`), throughput in extra_info;
 - llama-bench JSON (`llama-bench -o json`): llama.cpp's figures beside ours;
-- the CUDA device script's JSON (reports/device/cuda_bench.py), from before the benchmarks.
+- the CUDA device script's JSON (reports/device/cuda_bench.py), from before the benchmarks;
+- `<llama-bench file stem>.provenance.json` beside a llama-bench file: our side of that run.
 
 A file's machine is its own label (G4C_MACHINE when it was written) or, for files without
-one, the last dash-separated part of its name (conformance-cuda-h100.json: h100). Plots are
-matplotlib SVG embedded as data URIs; tables are rendered with jinja2.
+one, the last dash-separated part of its name (conformance-cuda-h100.json: h100). Each file's
+provenance (g4c.provenance: commit, dirty tree, date, packages, machine, devices, drivers) is
+shown beside its columns and rows, and a run made on other code than the checkout the report
+is built from is marked. Plots are matplotlib SVG embedded as data URIs; tables are rendered
+with jinja2.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import matplotlib
 
 matplotlib.use("Agg")
@@ -36,12 +41,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from g4c import provenance  # noqa: E402
 from g4c.bench import fmt_params, fmt_size, llama_bench_table, params_label  # noqa: E402
-from g4c.results import NO_RUNTIME, split_nodeid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_INPUTS = [ROOT / "data", ROOT / "out"]
 KEY_METRICS = ("max_abs_dlogit", "tf_max_abs_dlogit", "greedy_tokens_equal", "worst_ratio", "nmse")
+MODEL_CHECKS = "(model checks)"  # the column of tests that take no runtime (their "runtime" is null)
+OUTCOMES = ("passed", "failed", "departure", "not_supported", "skipped")
+WORST_FIRST = ("failed", "departure", "not_supported", "skipped", "passed")
+SIDECAR = ".provenance.json"  # <llama-bench stem>.provenance.json: llama-bench JSON has no room for ours
 
 
 @dataclass
@@ -49,6 +58,9 @@ class Results:
     conformance: list[dict] = field(default_factory=list)  # {"machine", "file", "doc"}
     bench: list[dict] = field(default_factory=list)  # rows as g4c.bench.llama_bench_table takes, and more
     bandwidth: dict = field(default_factory=dict)  # machine -> {"bytes_per_s", "method", "device"}
+    # file name -> {"kind", "machine", "provenance" (None: recorded before provenance), and
+    # "created": the date the file itself records, for files without provenance}
+    sources: dict = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
 
@@ -62,15 +74,17 @@ def load(inputs) -> Results:
     files: list[Path] = []
     for p in map(Path, inputs):
         files += sorted(p.glob("*.json")) if p.is_dir() else [p] if p.exists() else []
+    sidecars = {}
     for f in files:
         try:
             doc = json.loads(f.read_text())
         except (OSError, ValueError) as e:
             res.ignored.append(f"{f.name} (unreadable: {e})")
             continue
-        if isinstance(doc, dict) and doc.get("suite") == "gemma4-conformance":
-            machine = doc.get("machine", {}).get("label") or _label_from_name(f)
-            res.conformance.append({"machine": machine, "file": f.name, "doc": doc})
+        if f.name.endswith(SIDECAR):
+            sidecars[f.name.removesuffix(SIDECAR) + ".json"] = (f.name, doc)
+        elif isinstance(doc, dict) and doc.get("suite") == "gemma4-conformance":
+            _load_conformance(res, f, doc)
         elif isinstance(doc, dict) and "benchmarks" in doc and "machine_info" in doc:
             _load_pytest_benchmark(res, f, doc)
         elif isinstance(doc, list) and doc and isinstance(doc[0], dict) and "avg_ts" in doc[0]:
@@ -79,8 +93,27 @@ def load(inputs) -> Results:
             _load_cuda_script(res, f, doc)
         else:
             res.ignored.append(f"{f.name} (not a format the report reads)")
+    for target, (name, doc) in sidecars.items():
+        if res.sources.get(target, {}).get("kind") == "llama-bench":
+            res.sources[target]["provenance"] = doc
+        else:
+            res.ignored.append(f"{name} (provenance of {target}, which is no llama-bench file among the inputs)")
     _fill_roofline(res)
     return res
+
+
+def _source(res: Results, f: Path, kind: str, machine: str, created: str | None, prov: dict | None) -> None:
+    res.sources[f.name] = {"kind": kind, "machine": machine, "provenance": prov, "created": created}
+
+
+def _load_conformance(res: Results, f: Path, doc: dict) -> None:
+    if any("module" not in r for r in doc["tests"].values()):
+        res.ignored.append(f"{f.name} (conformance results without the per-test runtime and module fields)")
+        return
+    labels = ((doc.get("provenance") or {}).get("machine", {}), doc.get("machine", {}))
+    machine = next((m["label"] for m in labels if m.get("label")), None) or _label_from_name(f)
+    res.conformance.append({"machine": machine, "file": f.name, "doc": doc})
+    _source(res, f, "conformance", machine, doc.get("created"), doc.get("provenance"))
 
 
 def _load_pytest_benchmark(res: Results, f: Path, doc: dict) -> None:
@@ -93,7 +126,9 @@ def _load_pytest_benchmark(res: Results, f: Path, doc: dict) -> None:
         res.bandwidth.setdefault(x["machine"], {"bytes_per_s": x["bandwidth_bytes_per_s"],
                                                 "method": x["bandwidth_method"], "device": x.get("device", "")})
         n += 1
-    if not n:
+    if n:
+        _source(res, f, "pytest-benchmark", res.bench[-1]["machine"], doc.get("datetime"), doc.get("provenance"))
+    else:
         res.ignored.append(f"{f.name} (pytest-benchmark JSON without this suite's extra_info)")
 
 
@@ -114,6 +149,7 @@ def _load_llama_bench(res: Results, f: Path, doc: list) -> None:
             # llama-bench reports no traffic: a decode step reads at least the weights once
             "bytes_per_token": steps_bytes, "source": f.name,
         })
+    _source(res, f, "llama-bench", machine, doc[0].get("test_time"), None)  # provenance: its sidecar
 
 
 def _load_cuda_script(res: Results, f: Path, doc: dict) -> None:
@@ -130,6 +166,7 @@ def _load_cuda_script(res: Results, f: Path, doc: dict) -> None:
                               "model": None, "model_file": doc["model"], "size_bytes": size, "params": None,
                               "test": test, "tok_s": doc[key], "tok_s_std": None, "bytes_per_token": per_token,
                               "source": f.name})
+    _source(res, f, "CUDA device script", machine, None, doc.get("provenance"))
 
 
 def _fill_roofline(res: Results) -> None:
@@ -152,41 +189,76 @@ def _fill_roofline(res: Results) -> None:
 # -- conformance -------------------------------------------------------------------------------
 
 def conformance_frame(res: Results) -> pd.DataFrame:
+    """One row per test and column (runtime @ machine), from each test's own runtime and
+    module fields; a test that takes no runtime goes to the machine's (model checks) column."""
     rows = []
-    for c in res.conformance:
+    for c in sorted(res.conformance, key=lambda c: c["doc"].get("created", "")):
         doc = c["doc"]
-        for nodeid, r in doc["tests"].items():
-            rt, test = split_nodeid(nodeid, doc["runtimes"])
-            if rt != NO_RUNTIME and not doc["runtimes"][rt]["available"]:
+        for r in doc["tests"].values():
+            rt = r["runtime"]
+            if rt is not None and not doc["runtimes"][rt]["available"]:
                 continue  # listed under "not run", with the reason
-            rows.append({"column": f"{rt} @ {c['machine']}", "runtime": rt, "machine": c["machine"], "test": test,
-                         "outcome": r["outcome"], "metrics": r.get("metrics", {}),
-                         "detail": r.get("reason") or r.get("message") or ""})
-    df = pd.DataFrame(rows, columns=["column", "runtime", "machine", "test", "outcome", "metrics", "detail"])
-    # two files of one machine repeat its runtime-free model checks: count each test once, the newest
-    return df.drop_duplicates(subset=["column", "test"], keep="last").reset_index(drop=True)
+            rows.append({"column": f"{rt or MODEL_CHECKS} @ {c['machine']}", "runtime": rt, "machine": c["machine"],
+                         "module": r["module"], "test": r["test"], "case": r["case"], "outcome": r["outcome"],
+                         "metrics": r.get("metrics", {}), "detail": r.get("reason") or r.get("message") or "",
+                         "file": c["file"]})
+    df = pd.DataFrame(rows, columns=["column", "runtime", "machine", "module", "test", "case", "outcome", "metrics",
+                                     "detail", "file"])
+    # files of one machine repeat its model checks, and reruns repeat a runtime: each case once, the newest
+    return df.drop_duplicates(subset=["column", "module", "case"], keep="last").reset_index(drop=True)
 
 
 def _cell(row) -> dict:
     scalars = {k: v for k, v in row["metrics"].items() if isinstance(v, (int, float))}
-    shown = next((f"{k} {_num(scalars[k])}" for k in KEY_METRICS if k in scalars), "")
+    metric = next((k for k in KEY_METRICS if k in scalars), None)
     title = "; ".join(f"{k} = {_num(v)}" for k, v in scalars.items())
     if row["detail"]:
         title = (title + "; " if title else "") + row["detail"][:500]
-    return {"outcome": row["outcome"], "shown": shown, "title": title}
+    return {"outcome": row["outcome"], "metric": metric, "value": _num(scalars[metric]) if metric else None,
+            "title": title}
 
 
 def _num(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _breakable(name: str) -> markupsafe.Markup:
+    """A test, case or metric name that may wrap in the matrix's narrow columns after its
+    underscores and between its parameters, never inside a parameter value (qtype=Q4_0)."""
+    head, bracket, params = name.partition("[")
+    out = markupsafe.Markup("_<wbr>").join(head.split("_"))
+    if bracket:
+        out += markupsafe.Markup("<wbr>[") + markupsafe.Markup(",<wbr>").join(params.split(","))
+    return out
+
+
 def matrix(df: pd.DataFrame) -> dict:
+    """The matrix grouped by test module: per module a summary per column (its counts, coloured
+    by the worst outcome) and the case rows; a module with a failure starts unfolded."""
     if df.empty:
-        return {"columns": [], "rows": []}
-    columns = sorted(df["column"].unique())
-    cells = {(r["test"], r["column"]): _cell(r) for _, r in df.iterrows()}
-    tests = sorted(df["test"].unique())
-    return {"columns": columns, "rows": [{"test": t, "cells": [cells.get((t, c)) for c in columns]} for t in tests]}
+        return {"columns": [], "model_checks": [], "groups": []}
+    columns = _columns(df)
+    groups = []
+    for module, d in df.groupby("module"):
+        cells = {(r["case"], r["column"]): _cell(r) for _, r in d.iterrows()}
+        cases = sorted(d["case"].unique())
+        groups.append({"module": module, "cases": len(cases), "open": bool((d["outcome"] == "failed").any()),
+                       "summary": [_summary(d.loc[d["column"] == c, "outcome"]) for c in columns],
+                       "rows": [{"case": k, "cells": [cells.get((k, c)) for c in columns]} for k in cases]})
+    return {"columns": columns, "model_checks": [c for c in columns if c.startswith(MODEL_CHECKS)], "groups": groups}
+
+
+def _columns(df: pd.DataFrame) -> list[str]:
+    """Runtime columns first; the (model checks) columns, with a few tests each, after them."""
+    return sorted(df["column"].unique(), key=lambda c: (c.startswith(MODEL_CHECKS), c))
+
+
+def _summary(outcomes: pd.Series) -> dict | None:
+    if outcomes.empty:
+        return None
+    n = outcomes.value_counts()
+    return {"outcome": next(o for o in WORST_FIRST if o in n),
+            "shown": " · ".join(f"{n[o]} {o.replace('_', ' ')}" for o in OUTCOMES if o in n)}
 
 
 def not_run(res: Results) -> list[str]:
@@ -202,8 +274,62 @@ def counts(df: pd.DataFrame) -> list[dict]:
     if df.empty:
         return []
     t = df.groupby(["column", "outcome"]).size().unstack(fill_value=0)
-    return [{"column": col, **{k: int(t.loc[col].get(k, 0)) for k in ("passed", "failed", "departure", "not_supported", "skipped")}}
-            for col in t.index]
+    return [{"column": col, **{k: int(t.loc[col].get(k, 0)) for k in OUTCOMES}} for col in _columns(df)]
+
+
+# -- provenance ------------------------------------------------------------------------------------
+
+def code_note(name: str, source: dict, code: dict) -> dict:
+    """Result file `name`'s code beside the report's own (`code`: g4c.provenance.commit() of the
+    checkout the report is built from): short commit, dirty flag, date, and `other`, why it
+    may be other code than the report's (None: the report's commit, on a clean tree)."""
+    prov = source["provenance"]
+    sha, dirty = (prov.get("commit"), prov.get("dirty")) if prov else (None, None)
+    if prov is None:
+        other = "commit unknown (recorded before provenance)"
+    elif sha is None:
+        other = "commit unknown (run outside a git checkout, without G4C_COMMIT)"
+    elif sha != code["commit"]:
+        other = f"commit {sha[:7]}, not the report's {_short(code['commit'])}"
+    elif dirty is not False:
+        other = "uncommitted changes in its tree" if dirty else "not known whether its tree had uncommitted changes"
+    else:
+        other = None
+    created = (prov or {}).get("created") or source["created"] or ""
+    return {"file": name, "commit": _short(sha), "dirty": bool(dirty), "created": created,
+            "date": created[:10] or "date unknown", "other": other,
+            "why": f"other code: {other}" if other else "the code this report is built from"}
+
+
+def _short(sha: str | None) -> str:
+    return sha[:7] if sha else "unknown"
+
+
+def column_runs(res: Results, df: pd.DataFrame, code: dict) -> dict[str, list[dict]]:
+    """Per matrix column, the result files behind it, newest first: each one's code note and
+    the runtime's device, driver and settings as that file recorded them."""
+    docs = {c["file"]: c["doc"] for c in res.conformance}
+    out: dict[str, list[dict]] = {}
+    for column, rt, name in df[["column", "runtime", "file"]].drop_duplicates().itertuples(index=False):
+        settings = docs[name]["runtimes"].get(rt, {}).get("settings", {})  # (model checks): no runtime
+        out.setdefault(column, []).append({
+            **code_note(name, res.sources[name], code), "device": settings.get("device"),
+            "driver": settings.get("driver"), "settings": "; ".join(f"{k} = {v}" for k, v in settings.items())})
+    for runs in out.values():
+        runs.sort(key=lambda r: r["created"], reverse=True)
+    return out
+
+
+def source_rows(res: Results, code: dict) -> list[dict]:
+    """Every result file used, with its code note, machine and package versions."""
+    rows = []
+    for name, s in sorted(res.sources.items()):
+        prov = s["provenance"] or {}
+        m = prov.get("machine", {})
+        rows.append({**s, **code_note(name, s, code),
+                     "machine_detail": ", ".join(str(v) for k, v in m.items() if k not in ("label", "node") and v),
+                     "packages": ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items())})
+    return rows
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -269,16 +395,16 @@ def roofline_plot(bench: pd.DataFrame, bandwidth: dict) -> str | None:
                    "Decode roofline: tokens/s against bytes read per token; dashed = measured bandwidth / bytes", 7)
 
 
-def _metric_rows(df: pd.DataFrame, test: str, key: str):
+def _metric_rows(df: pd.DataFrame, module: str, test: str, key: str):
     if df.empty:
         return
-    for _, r in df[df["test"] == test].iterrows():
+    for _, r in df[(df["module"] == module) & (df["test"] == test)].iterrows():
         if key in r["metrics"]:
             yield r, r["metrics"][key]
 
 
 def drift_plot(df: pd.DataFrame) -> str | None:
-    rows = list(_metric_rows(df, "test_rope.py::test_rope_drift_curve", "drift_curve"))
+    rows = list(_metric_rows(df, "test_rope", "test_rope_drift_curve", "drift_curve"))
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -303,7 +429,7 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> 
 
 
 def heatmap_plot(df: pd.DataFrame) -> str | None:
-    rows = list(_metric_rows(df, "test_dense.py::test_layer_divergence", "layer_nmse_over_limit"))
+    rows = list(_metric_rows(df, "test_dense", "test_layer_divergence", "layer_nmse_over_limit"))
     if not rows:
         return None
     labels, data = [], []
@@ -323,7 +449,10 @@ def heatmap_plot(df: pd.DataFrame) -> str | None:
 
 # -- page ------------------------------------------------------------------------------------------
 
-def build(inputs, out: Path) -> dict:
+def build(inputs, out: Path, code: dict | None = None) -> dict:
+    """Write the report of the result files in `inputs` to `out`; `code` is the commit the
+    runs are compared with ({"commit", "dirty"}, default: this checkout's)."""
+    code = code or provenance.commit()
     res = load(inputs)
     df = conformance_frame(res)
     bench = pd.DataFrame(res.bench)
@@ -347,13 +476,15 @@ def build(inputs, out: Path) -> dict:
         for _, r in bench.iterrows():
             bench_rows.append({**r.to_dict(), "size": fmt_size(r["size_bytes"]),
                                "params_s": fmt_params(r["params"]) if r["params"] == r["params"] else "?",
-                               "roofline_pct": _pct(r.get("roofline_fraction"))})
+                               "roofline_pct": _pct(r.get("roofline_fraction")),
+                               "code": code_note(r["source"], res.sources[r["source"]], code)})
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "templates"), autoescape=True)
+    env.filters["breakable"] = _breakable
     html = env.get_template("index.html.j2").render(
-        created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), counts=counts(df), matrix=matrix(df),
-        not_run=not_run(res), plots=plots, bench=bench_rows, bandwidth=res.bandwidth,
-        markdown=llama_bench_table([r for r in bench_rows]) if bench_rows else "",
-        sources=sorted({c["file"] for c in res.conformance} | {r["source"] for r in res.bench}), ignored=res.ignored)
+        created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), code=code, short=_short(code["commit"]),
+        counts=counts(df), matrix=matrix(df), runs=column_runs(res, df, code), not_run=not_run(res), plots=plots,
+        bench=bench_rows, bandwidth=res.bandwidth, markdown=llama_bench_table(bench_rows) if bench_rows else "",
+        sources=source_rows(res, code), ignored=res.ignored)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(html)

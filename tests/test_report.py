@@ -1,5 +1,6 @@
 """The HTML report: built from real result files, merged across machines, and rendered in a
-real browser (headless Chromium through selenium) with every plot drawn and no console error.
+real browser (headless Chromium through selenium) in a 1400x900 window with every plot drawn,
+no console error, and nothing wider than the window.
 
 The browser test opens $G4C_REPORT when set (CI points it at the report it just built from
 its own fresh run), else a report built here from the committed runs in reports/data. It
@@ -21,6 +22,19 @@ from reports import build
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "reports" / "data"
 PLOTS = ["throughput", "roofline", "drift", "heatmap"]
+WINDOW = (1400, 900)  # the report must read without horizontal scrolling at this size
+# what sticks out: the page wider than the window, a table, the matrix or one of its cells past
+# the window's right edge, or a cell whose content is wider than the cell
+OVERFLOW_JS = """
+const width = document.documentElement.clientWidth, out = [];
+if (document.documentElement.scrollWidth > width) out.push(`page ${document.documentElement.scrollWidth} > ${width}`);
+for (const e of document.querySelectorAll('table, th, td, #conformance-matrix, #conformance-matrix .row > *')) {
+  const r = e.getBoundingClientRect(), what = `${e.tagName}.${e.className} "${e.textContent.slice(0, 40)}"`;
+  if (r.right > width + 0.5) out.push(`${what} ends at ${r.right}`);
+  if (e.scrollWidth > e.clientWidth + 1) out.push(`${what} holds ${e.scrollWidth} in ${e.clientWidth}`);
+}
+return out.slice(0, 10);
+"""
 
 
 @pytest.fixture(scope="module")
@@ -39,31 +53,112 @@ def test_committed_runs_give_every_plot(committed_report):
     assert "llama.cpp" in html  # llama-bench's JSON beside ours
 
 
-def _conformance_doc(outcome: str) -> dict:
-    return {"suite": "gemma4-conformance", "machine": {"label": "m1"},
-            "runtimes": {"cpu": {"available": True, "reason": "", "precision": "f32"},
-                         "gpu": {"available": False, "reason": "no device", "precision": "f32"}},
+REPORT_CODE = {"commit": "a" * 40, "dirty": False}  # the checkout the tests' reports are built from
+
+
+def _provenance(commit: str | None, dirty: bool | None, runtimes: dict) -> dict:
+    return {"commit": commit, "dirty": dirty, "created": "2026-11-28T09:00:00Z", "packages": {"numpy": "2.4.6"},
+            "machine": {"label": "m1", "node": "n1", "cpu": "Xeon", "cpus": 2, "system": "Linux 6.1",
+                        "python": "3.11.7"},
+            "runtimes": runtimes}
+
+
+def _test(runtime, module: str, test: str, case: str, outcome: str, **extra) -> dict:
+    return {"runtime": runtime, "module": module, "test": test, "params": {}, "case": case, "outcome": outcome,
+            "duration_s": 0.1, "metrics": {}, **extra}
+
+
+def _conformance_doc(outcome: str, commit: str | None = REPORT_CODE["commit"], dirty: bool | None = False) -> dict:
+    runtimes = {"cpu": {"available": True, "reason": "", "precision": "f32",
+                        "settings": {"device": "Xeon", "driver": "numpy 2.4.6, scipy-openblas 0.3.31", "threads": 2}},
+                "gpu": {"available": False, "reason": "no device", "precision": "f32"}}
+    failure = {"message": "AssertionError: first divergence at layer 3 op attn_out"} if outcome == "failed" else {}
+    return {"suite": "gemma4-conformance", "format": 2, "created": "2026-11-28T09:00:00Z",
+            "provenance": _provenance(commit, dirty, runtimes), "runtimes": runtimes, "fault": None, "cases": [],
             "counts": {}, "tests": {
-                "conformance/test_dense.py::test_dense_logits[cpu-12b-like]": {
-                    "outcome": outcome, "duration_s": 0.1, "metrics": {"max_abs_dlogit": 0.25},
-                    **({"message": "AssertionError: first divergence at layer 3 op attn_out"} if outcome == "failed" else {})},
-                "conformance/test_dense.py::test_dense_logits[gpu-12b-like]": {
-                    "outcome": "skipped", "duration_s": 0.0, "metrics": {}, "reason": "runtime gpu unavailable: no device"}}}
+                "conformance/test_dense.py::test_dense_logits[cpu-variant=12b-like]": _test(
+                    "cpu", "test_dense", "test_dense_logits", "test_dense_logits[variant=12b-like]", outcome,
+                    metrics={"max_abs_dlogit": 0.25}, **failure),
+                "conformance/test_dense.py::test_dense_logits[gpu-variant=12b-like]": _test(
+                    "gpu", "test_dense", "test_dense_logits", "test_dense_logits[variant=12b-like]", "skipped",
+                    reason="runtime gpu unavailable: no device"),
+                "conformance/test_header.py::test_schema_keys": _test(
+                    None, "test_header", "test_schema_keys", "test_schema_keys", "passed")}}
 
 
-def test_matrix_shows_failure_and_device_absence(tmp_path):
-    (tmp_path / "conformance-x.json").write_text(json.dumps(_conformance_doc("failed")))
-    frame = build.conformance_frame(build.load([tmp_path]))
-    m = build.matrix(frame)
-    assert m["columns"] == ["cpu @ m1"]  # the absent runtime is no column ...
-    cell = m["rows"][0]["cells"][0]
-    assert m["rows"][0]["test"] == "test_dense.py::test_dense_logits[12b-like]"
-    assert cell["outcome"] == "failed" and "0.25" in cell["shown"] and "layer 3" in cell["title"]
+def _build(tmp_path, doc: dict) -> tuple[build.Results, str]:
+    (tmp_path / "conformance-x.json").write_text(json.dumps(doc))
     out = tmp_path / "index.html"
-    build.build([tmp_path], out)
-    html = out.read_text()
-    assert 'class="failed"' in html
+    build.build([tmp_path], out, code=REPORT_CODE)
+    return build.load([tmp_path]), out.read_text()
+
+
+def test_matrix_groups_modules_and_shows_failure_and_device_absence(tmp_path):
+    res, html = _build(tmp_path, _conformance_doc("failed"))
+    m = build.matrix(build.conformance_frame(res))
+    # the absent runtime is no column; a test that takes no runtime goes to the model checks
+    assert m["columns"] == ["cpu @ m1", "(model checks) @ m1"]
+    dense, header = m["groups"]
+    assert dense["module"] == "test_dense" and dense["open"]  # a module with a failure starts unfolded
+    assert dense["summary"] == [{"outcome": "failed", "shown": "1 failed"}, None]
+    row = dense["rows"][0]
+    assert row["case"] == "test_dense_logits[variant=12b-like]"
+    cell = row["cells"][0]
+    assert cell["outcome"] == "failed" and (cell["metric"], cell["value"]) == ("max_abs_dlogit", "0.25")
+    assert "layer 3" in cell["title"]
+    assert header["module"] == "test_header" and not header["open"]
+    assert header["summary"] == [None, {"outcome": "passed", "shown": "1 passed"}]
+    assert 'class="failed"' in html and '<details class="group" id="group-test_dense" open>' in html
+    assert '<details class="group" id="group-test_header">' in html  # folded until asked for
     assert "gpu @ m1: no device" in html  # ... but listed as not run, with the reason
+    assert "numpy 2.4.6, scipy-openblas 0.3.31" in html  # the column's driver
+
+
+def test_committed_cuda_emu_runs_get_a_column_of_their_own():
+    # its runtime name has a dash; the column comes from each test's runtime field, not its id
+    res = build.load(sorted(DATA.glob("conformance-cuda-emu-*.json")))
+    assert len(res.conformance) == 2, res.ignored
+    frame = build.conformance_frame(res)
+    emu = frame[frame["column"].str.startswith("cuda-emu @ ")]
+    assert {"test_dense", "test_greedy", "test_rope", "test_weight_types"} <= set(emu["module"]), set(frame["column"])
+    checks = frame[frame["column"].str.startswith(build.MODEL_CHECKS)]
+    assert len(emu) + len(checks) == len(frame) and checks["runtime"].isna().all()
+
+
+def test_run_on_other_code_is_marked(tmp_path):
+    res, html = _build(tmp_path, _conformance_doc("passed", commit="b" * 40))
+    runs = build.column_runs(res, build.conformance_frame(res), REPORT_CODE)
+    assert runs["cpu @ m1"][0]["other"] == "commit bbbbbbb, not the report's aaaaaaa"
+    assert "⚠ bbbbbbb," in html
+    for commit, dirty, why in [(REPORT_CODE["commit"], True, "uncommitted changes in its tree"),
+                               (None, None, "commit unknown (run outside a git checkout, without G4C_COMMIT)")]:
+        note = build.code_note("f.json", {"provenance": _provenance(commit, dirty, {}), "created": None}, REPORT_CODE)
+        assert note["other"] == why
+    legacy = build.code_note("f.json", {"provenance": None, "created": "2026-11-23T12:00:00Z"}, REPORT_CODE)
+    assert legacy["other"] == "commit unknown (recorded before provenance)" and legacy["date"] == "2026-11-23"
+
+
+def test_run_on_the_reports_own_code_is_not_marked(tmp_path):
+    res, html = _build(tmp_path, _conformance_doc("passed"))
+    runs = build.column_runs(res, build.conformance_frame(res), REPORT_CODE)
+    assert [r["other"] for rs in runs.values() for r in rs] == [None, None]
+    own = '<span class="code" title="conformance-x.json: the code this report is built from"><span>aaaaaaa,</span>'
+    assert own in html
+    assert "⚠ aaaaaaa" not in html
+
+
+def test_llama_bench_takes_its_provenance_sidecar(tmp_path):
+    shutil.copy(DATA / "llamacpp-bench-12b-h100.json", tmp_path)
+    sidecar = _provenance("c" * 40, False, {})
+    (tmp_path / "llamacpp-bench-12b-h100.provenance.json").write_text(json.dumps(sidecar))
+    (tmp_path / "orphan.provenance.json").write_text(json.dumps(sidecar))
+    res = build.load([tmp_path])
+    assert res.sources["llamacpp-bench-12b-h100.json"]["provenance"] == sidecar
+    assert res.ignored == ["orphan.provenance.json (provenance of orphan.json, which is no llama-bench file among "
+                           "the inputs)"]
+    out = tmp_path / "index.html"
+    build.build([tmp_path], out, code=REPORT_CODE)
+    assert "⚠ ccccccc," in out.read_text()  # beside every row of that file
 
 
 def test_unknown_files_are_listed_not_used(tmp_path):
@@ -91,7 +186,7 @@ def _browser():
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1300,1000"):
+                 f"--window-size={WINDOW[0]},{WINDOW[1]}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
@@ -108,18 +203,34 @@ def test_report_renders_in_browser(committed_report):
             "({id: i.closest('figure').id, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight, "
             "shown: i.getBoundingClientRect().width}))")
         nodata = driver.execute_script("return Array.from(document.querySelectorAll('.nodata')).map(e => e.id)")
-        cells = driver.execute_script("return document.querySelectorAll('#conformance-matrix td.passed').length")
-        log = driver.get_log("browser")
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1300, min(height, 16000))
+        cells = driver.execute_script("return document.querySelectorAll('#conformance-matrix .passed').length")
+        overflow_folded = driver.execute_script(OVERFLOW_JS)
         shot = os.environ.get("G4C_REPORT_SCREENSHOT")
-        if shot:
+        if shot:  # the whole page as it opens, 1400 pixels wide (the window's height includes its frame)
+            height = driver.execute_script(
+                "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight")
+            driver.set_window_size(WINDOW[0], min(height, 16000))
             driver.save_screenshot(shot)
+            driver.set_window_size(*WINDOW)
+        # a folded module shows its summary row only, and its cases once the summary is clicked
+        unfolded = driver.execute_script(
+            "const d = document.querySelector('#conformance-matrix details:not([open])');"
+            "if (!d) return null;"
+            "const height = () => d.getBoundingClientRect().height, summary = d.querySelector('summary');"
+            "const before = [height(), summary.getBoundingClientRect().height];"
+            "summary.click();"
+            "return [...before, height()];")
+        driver.execute_script("document.querySelectorAll('#conformance-matrix details').forEach(d => d.open = true)")
+        overflow_open = driver.execute_script(OVERFLOW_JS)
+        log = driver.get_log("browser")
     finally:
         driver.quit()
     assert [s["id"] for s in state] == [f"plot-{p}" for p in PLOTS] and not nodata, (state, nodata)
     bad = [s for s in state if not (s["complete"] and s["w"] > 0 and s["h"] > 0 and s["shown"] > 0)]
     assert not bad, f"plots that did not render: {bad}"
     assert cells > 0, "the conformance matrix shows no passed test"
+    assert unfolded and unfolded[0] == unfolded[1] < unfolded[2], f"no folded module opens on a click: {unfolded}"
+    assert not overflow_folded, f"wider than a {WINDOW[0]}-pixel window: {overflow_folded}"
+    assert not overflow_open, f"with every module unfolded, wider than a {WINDOW[0]}-pixel window: {overflow_open}"
     errors = [e for e in log if e.get("level") == "SEVERE"]
     assert not errors, f"browser console errors: {errors}"

@@ -21,6 +21,7 @@ MODEL=$(cat /tmp/model_path)
 tail -5 $OUT/llamacpp-bench.err
 # our side of the run (G4C_COMMIT from the caller: the copy here is no git checkout)
 python3 -m g4c.provenance > $OUT/llamacpp-bench-12b-h100.provenance.json
+cp $OUT/llamacpp-bench-12b-h100.provenance.json $OUT/llamacpp-bench-depth-12b-h100.provenance.json
 python3 - <<'PY'
 import json, os
 for f in ("llamacpp-bench-12b-h100.json", "llamacpp-bench-depth-12b-h100.json"):
