@@ -201,7 +201,7 @@ class VulkanSession(Session):
         self.out_scale = model.output_scales()
         self.inv_freq = {s.index: inv_freq_f32(s, model.rope_freqs) for s in c.layers}
         self.ring = self.kv.ring
-        self.cap_full = min(256, max_context)
+        self.full_cap = min(256, max_context)
         self._io = None
         self._scores = None  # attention scores scratch, grown with the batch and the caches
         self._recorded: dict = {}
@@ -228,7 +228,7 @@ class VulkanSession(Session):
 
     # -- caches -----------------------------------------------------------------------------
     def _cap(self, s: LayerSpec) -> int:
-        return self.ring if s.sliding else self.cap_full
+        return self.ring if s.sliding else self.full_cap
 
     def _alloc_caches(self) -> None:
         """Device-local K and V caches, zeroed (attention multiplies masked slots' values by
@@ -253,8 +253,8 @@ class VulkanSession(Session):
         """Full-layer caches to at least `need` slots per sequence (doubling, up to max_context):
         K and V copied on the device, sequence by sequence, into zeroed larger buffers; slot
         positions grown on the host and uploaded; recorded batches dropped."""
-        new = self.kv.grown(self.cap_full, need)
-        old = self.cap_full
+        new = self.kv.grown(self.full_cap, need)
+        old = self.full_cap
         for s in self.cfg.layers:
             if s.sliding:
                 continue
@@ -272,7 +272,7 @@ class VulkanSession(Session):
             self.dev.forget(bufs)
             for b in bufs:
                 b.free()
-        self.cap_full = new
+        self.full_cap = new
         self._recorded.clear()
 
     def _forget(self, seq: int, start: int) -> bool:
@@ -312,7 +312,7 @@ class VulkanSession(Session):
         return self._io
 
     def _scores_buffer(self, n: int):
-        need = n * self.cfg.n_head * max(self.ring, self.cap_full) * 4
+        need = n * self.cfg.n_head * max(self.ring, self.full_cap) * 4
         if self._scores is None or self._scores.nbytes < need:
             if self._scores is not None:
                 self.dev.forget([self._scores])
@@ -324,7 +324,7 @@ class VulkanSession(Session):
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
         c, n = self.cfg, len(toks)
         need = self.kv.full_needed(seqs, pos, self.base)
-        if need > self.cap_full:
+        if need > self.full_cap:
             self._grow_full(need)
         self._io_buffers()  # made on first use, with their host twins _in and _out
         scores = self._scores_buffer(n)
@@ -334,7 +334,7 @@ class VulkanSession(Session):
         inp["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
         # slots in the caches of all sequences: sequence q's slots follow q * capacity
         slot_swa = (seqs * self.ring + self.kv.ring_slots(seqs, pos)).astype(np.int32)
-        slot_full = (seqs * self.cap_full + self.kv.full_slots(seqs, pos, self.base)).astype(np.int32)
+        slot_full = (seqs * self.full_cap + self.kv.full_slots(seqs, pos, self.base)).astype(np.int32)
         inp["slot_swa"].write(slot_swa)
         inp["slot_full"].write(slot_full)
         for s in c.layers:  # the key positions the new rows take (kv_store writes the device's)
