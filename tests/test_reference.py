@@ -57,7 +57,7 @@ def test_gelu_tanh_values():
 
 
 def _spec(sliding, n_rot=8, base=10000.0, freqs=False):
-    return LayerSpec(0, sliding, n_rot, 1, base, n_rot, freqs, 1.0, True, 4, False)
+    return LayerSpec(0, sliding, n_rot, 1, base, n_rot, freqs, 1.0, True, 4, False, 8 if sliding else 0, 1.0)
 
 
 def test_rope_angles_proportional():
