@@ -133,12 +133,18 @@ def cmd_check(args) -> int:
 
 
 def cmd_runtimes(args) -> int:
-    from .runtime import discover, runs_by_default
+    from .runtime import capabilities, discover, runs_by_default
 
     for name, rt in discover().items():
         av = rt.availability()
         named = "" if runs_by_default(rt) else f" (runs only when named: --runtime {name})"
         print(f"{name:12s} {'available' if av.ok else 'unavailable: ' + av.reason}{named}")
+        caps = capabilities(rt)
+        types = "every type" if caps.weight_types is None else ", ".join(sorted(caps.weight_types))
+        print(f"{'':12s} precision {caps.precision}, trace {'yes' if caps.trace else 'no'}, weight types: {types}; "
+              f"methods: {', '.join(sorted(caps.methods)) or 'none'}; {len(caps.departures)} departure(s)")
+        for d in caps.departures:
+            print(f"{'':14s}departs at {d.case}: {d}")
     return 0
 
 

@@ -95,6 +95,8 @@ def test_run_leaves_out_runtimes_that_run_only_when_named(tmp_path):
 def test_runtimes_lists_cpu():
     r = g4c("runtimes")
     assert r.returncode == 0 and "cpu" in r.stdout and "available" in r.stdout
+    # each runtime's declared capabilities, so an engine author sees what the suite read
+    assert "precision f32, trace yes, weight types: every type; methods: dequantize, matvec" in r.stdout
 
 
 def test_check_command():
