@@ -105,8 +105,9 @@ class Capabilities:
 
 def capabilities(rt) -> Capabilities:
     """The runtime's declared capabilities (defaults where it declares none), checked: a
-    declared method must exist, a precision must have a tolerance class. Raises G4CError
-    naming the runtime and the field."""
+    declared method must exist, a precision must have a tolerance class, a weight type must
+    be one the suite knows. Raises G4CError naming the runtime and the field."""
+    from .quants import SUPPORTED_TYPES
     from .tolerance import TABLE
 
     caps = getattr(rt, "capabilities", None)
@@ -117,6 +118,10 @@ def capabilities(rt) -> Capabilities:
         raise G4CError(f"runtime {name}: capabilities must be a g4c.runtime.Capabilities, got {type(caps).__name__}")
     if caps.precision not in TABLE:
         raise G4CError(f"runtime {name}: capabilities.precision {caps.precision!r} is not one of {', '.join(TABLE)}")
+    unknown = sorted(set(caps.weight_types or ()) - {t.name for t in SUPPORTED_TYPES})
+    if unknown:
+        raise G4CError(f"runtime {name}: capabilities.weight_types names {', '.join(unknown)}, not among "
+                       f"{', '.join(t.name for t in SUPPORTED_TYPES)}")
     for m in caps.methods:
         if m not in METHODS:
             raise G4CError(f"runtime {name}: capabilities.methods names {m!r}, not one of {', '.join(METHODS)}")

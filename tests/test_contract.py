@@ -189,6 +189,12 @@ def test_malformed_capabilities_are_refused_by_name():
 
     with pytest.raises(G4CError, match="loose: capabilities.precision 'f8'"):
         registry.capabilities(Loose())
+    class Lower:
+        name = "lower"
+        capabilities = registry.Capabilities(weight_types=frozenset({"q4_0"}))
+
+    with pytest.raises(G4CError, match="lower: capabilities.weight_types names q4_0, not among F32"):
+        registry.capabilities(Lower())
     assert registry.capabilities(object()) == registry.Capabilities()
 
 
