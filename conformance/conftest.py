@@ -87,7 +87,7 @@ def pytest_generate_tests(metafunc):
 def case_of(item) -> dict:
     """The structured name of a collected test: runtime (None for a test that takes none),
     module, test function, its other parameters, and a readable case id built from them."""
-    params = dict(getattr(item, "callspec", None).params) if hasattr(item, "callspec") else {}
+    params = dict(item.callspec.params) if hasattr(item, "callspec") else {}
     runtime = params.pop("runtime", None)
     module = item.module.__name__.rsplit(".", 1)[-1]
     params = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in params.items()}
