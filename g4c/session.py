@@ -125,6 +125,8 @@ class Session:
 
     ubatch: int | None = None  # prefill rows per _forward (None: all rows at once)
     ring_extra: int = 0  # sliding rings of W + ring_extra slots (KVPlan)
+    held_limit: int | None = None  # most positions one sequence may hold, where less than max_context
+    held_why: str = ""  # what sets held_limit, for the error message
 
     def __init__(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
         check_load(model, max_context, n_seq)
@@ -157,6 +159,7 @@ class Session:
         if start_pos < 0 or start_pos + len(toks) > self.max_context:
             raise InputError(f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}")
         base, nxt = int(self.base[seq]), int(self.next_pos[seq])
+        self._check_held(start_pos + len(toks) - (base if base <= start_pos <= nxt else start_pos))
         if not base <= start_pos <= nxt:
             self._restart(seq, start_pos)  # a gap, or before the sequence began
         elif start_pos < nxt:
@@ -179,6 +182,7 @@ class Session:
         pos = self.next_pos.copy()
         if (pos >= self.max_context).any():
             raise InputError(f"context full: position {int(pos.max())} is past max_context {self.max_context}")
+        self._check_held(int((pos - self.base).max()) + 1)
         logits = self._decode(toks, pos)
         self.next_pos += 1
         for q, t in enumerate(toks):
@@ -199,6 +203,12 @@ class Session:
         return self._forward(toks, np.arange(self.n_seq), pos, True)
 
     # -- internals -----------------------------------------------------------------------------
+    def _check_held(self, held: int) -> None:
+        """Refuse, before any work, a call that would leave a sequence holding more positions
+        than held_limit."""
+        if self.held_limit is not None and held > self.held_limit:
+            raise InputError(f"a sequence would hold {held} positions; {self.held_why} holds {self.held_limit}")
+
     def _restart(self, seq: int, start: int) -> None:
         self._forget(seq, 0)
         self.base[seq] = self.next_pos[seq] = start
@@ -209,11 +219,14 @@ class Session:
         stored; advances next_pos and the history."""
         pos = start + np.arange(len(toks), dtype=np.int64)
         step = self.ubatch or len(toks)
-        parts = []
+        parts, traces = [], []
         for a in range(0, len(toks), step):
-            last = a + step >= len(toks)
             sl = slice(a, a + step)
-            parts.append(self._forward(toks[sl], np.full(len(toks[sl]), seq), pos[sl], all_logits or not last))
+            parts.append(self._forward(toks[sl], np.full(len(toks[sl]), seq), pos[sl], all_logits))
             self.next_pos[seq] = pos[sl][-1] + 1
             self.history[seq] += [int(t) for t in toks[sl]]
-        return np.concatenate(parts) if all_logits else parts[-1][-1:]
+            if self.trace is not None:
+                traces.append(dict(self.trace))
+        if len(traces) > 1:  # the trace of the whole call, not of its last micro-batch
+            self.trace = {key: np.concatenate([t[key] for t in traces]) for key in traces[0]}
+        return np.concatenate(parts) if all_logits else parts[-1]

@@ -225,3 +225,22 @@ def test_bare_runtime_gets_defaults():
     bare = ns["Bare"]()
     caps = registry.capabilities(bare)
     assert caps == registry.Capabilities() and registry.backend(bare) == "bare" and registry.runs_by_default(bare)
+
+
+def test_trace_covers_every_micro_batch():
+    """A prefill longer than the cpu runtime's micro-batch of 128 rows traces all its rows, each
+    against the float64 reference (a trace of the last micro-batch alone has 2 rows)."""
+    from conformance.harness import load_model, prompt, reference_logits
+    from g4c import tolerance
+    from g4c.compare import nmse
+    from runtimes.cpu import CpuRuntime
+
+    model = load_model("tiny")
+    toks = prompt(130, model.n_vocab, seed=12)
+    sess = CpuRuntime().load(model, 256, 1, trace=True)
+    sess.prefill(list(toks))
+    _, ref = reference_logits(model, toks, trace=True)
+    limits = tolerance.F32.hidden_nmse(model.config)
+    for key, want in ref.items():
+        assert sess.trace[key].shape == want.shape, key
+        assert nmse(sess.trace[key], want) <= limits[key], key

@@ -156,6 +156,8 @@ class LlamaCppSession(Session):
             lib.llama_model_free(self._model)
             raise G4CError(f"{model.path}: llama.cpp could not create a context of {cp.n_ctx}")
         self.n_ctx = lib.llama_n_ctx(self._ctx)
+        self.held_limit = self.n_ctx // n_seq
+        self.held_why = "llama.cpp's context per sequence (G4C_LLAMACPP_CTX sets it)"
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(N_BATCH, 0, n_seq)
 
@@ -197,15 +199,6 @@ class LlamaCppSession(Session):
         return bool(self.lib.llama_memory_seq_rm(self._mem, seq, start, -1))
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
-        room = self.n_ctx // self.n_seq
-        for q in np.unique(seqs):
-            held = int(self.next_pos[q] - self.base[q]) + int((seqs == q).sum())
-            if held > room:
-                raise G4CError(f"llama.cpp context of {room} per sequence cannot hold {held} tokens "
-                               "(G4C_LLAMACPP_CTX sets it)")
-        return self._eval(toks, seqs, pos, all_logits)
-
-    def _eval(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
         """One llama_decode of at most N_BATCH rows; logits of every row (or of the last)."""
         n, b = len(toks), self._batch
         for i in range(n):
