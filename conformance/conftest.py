@@ -109,6 +109,10 @@ def pytest_collection_modifyitems(config, items):
             case = _cases[item.nodeid]
             return any(c.matches(case["module"], case["test"], case["params"]) for c in config._g4c_only)
 
+        unmatched = [str(c) for c in config._g4c_only
+                     if not any(c.matches(k["module"], k["test"], k["params"]) for k in map(_cases.get, (it.nodeid for it in items)))]
+        if unmatched:  # a misspelt case would silently drop what it meant to run
+            raise pytest.UsageError(f"--case {', '.join(unmatched)} matches no conformance test")
         config.hook.pytest_deselected(items=[it for it in items if not wanted(it)])
         items[:] = [it for it in items if wanted(it)]
     for item in items:
@@ -178,9 +182,13 @@ NO_RUNTIME = "(model checks)"  # counts_by_runtime's key for tests that take no 
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     counts = {k: sum(1 for r in _results.values() if r["outcome"] == k) for k in OUTCOMES}
-    if config._g4c_explicit and exitstatus in (0, 5) and counts["passed"] == 0:
+    # a runtime asked for by name must pass something itself: model checks passing beside
+    # its skipped tests prove nothing about it
+    empty = [n for n in config._g4c_runtimes
+             if not any(r.get("runtime") == n and r["outcome"] == "passed" for r in _results.values())]
+    if config._g4c_explicit and exitstatus in (0, 5) and empty:
         session.exitstatus = 1
-        config._g4c_empty = True
+        config._g4c_empty = empty
     path = config.getoption("--results-json")
     if path:
         prov = provenance.record(config._g4c_runtimes)
@@ -215,10 +223,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for nodeid, metrics in rows:
             shown = ", ".join(_shown(k, v) for k, v in metrics.items())
             terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {shown}")
-    if getattr(config, "_g4c_empty", False):
-        terminalreporter.write_line(
-            "FAILED: runtime(s) asked for explicitly but no conformance test passed (nothing ran or all skipped)", red=True
-        )
+    empty = getattr(config, "_g4c_empty", None)
+    if empty:
+        terminalreporter.write_line(f"FAILED: runtime(s) {', '.join(empty)} asked for explicitly but no conformance test "
+                                    "of theirs passed (nothing ran or all skipped)", red=True)
 
 
 def _shown(key, value) -> str:

@@ -29,7 +29,19 @@ def pytest_run(*args, fake=False):
 def test_explicit_runtime_with_nothing_run_fails():
     r = pytest_run("--runtime", "cpu", "-k", "no_such_test_name")
     assert r.returncode == 1, r.stdout[-1500:]
-    assert "no conformance test passed" in r.stdout
+    assert "no conformance test of theirs passed" in r.stdout
+
+
+def test_explicit_runtime_passing_only_model_checks_fails():
+    """test_schema_keys takes no runtime: its pass says nothing of the runtime asked for."""
+    r = pytest_run("--runtime", "cpu", "-k", "test_schema_keys")
+    assert r.returncode == 1 and "runtime(s) cpu asked for explicitly but no conformance test of theirs passed" in r.stdout, \
+        r.stdout[-1500:]
+
+
+def test_case_matching_nothing_is_usage_error():
+    r = pytest_run("--runtime", "cpu", "--case", "test_windw", "--collect-only")
+    assert r.returncode == 4 and "--case test_windw matches no conformance test" in r.stderr, r.stderr[-1500:]
 
 
 def test_unknown_runtime_is_usage_error():
