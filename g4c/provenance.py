@@ -37,8 +37,15 @@ def commit() -> dict:
     if top is None or Path(top).resolve() != SOURCE:
         dirty = os.environ.get("G4C_DIRTY")
         return {"commit": os.environ.get("G4C_COMMIT") or None, "dirty": None if dirty is None else dirty == "1"}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain")  # an untracked test or runtime module is a change too
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def require_commit(what: str) -> None:
+    """Stop a GPU-machine script whose results would not say which code made them."""
+    if commit()["commit"] is None:
+        raise SystemExit(f"{what}: this tree is no git checkout; run it as G4C_COMMIT=<commit> G4C_DIRTY=0|1 ... "
+                         "(the commit and state of the tree that was copied here), so its results record them")
 
 
 def packages() -> dict[str, str]:

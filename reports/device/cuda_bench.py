@@ -1,6 +1,6 @@
 """Throughput of the CUDA runtime on the 12b preset, run on the GPU machine.
 
-    python3 reports/device/cuda_bench.py OUT.json
+    G4C_COMMIT=<commit> G4C_DIRTY=0|1 python3 reports/device/cuda_bench.py OUT.json
 
 Measures the device's copy bandwidth, pp512, tg128, decode at depth 8192, batched decode
 at N = 1, 4, 16, and the time of the weight matvecs alone (all layers and the head, no
@@ -127,4 +127,5 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
+    provenance.require_commit(sys.argv[0])
     main(sys.argv[1])

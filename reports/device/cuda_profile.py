@@ -1,6 +1,6 @@
 """Where a CUDA decode step spends its time, run on the GPU machine.
 
-    python3 reports/device/cuda_profile.py OUT.json
+    G4C_COMMIT=<commit> G4C_DIRTY=0|1 python3 reports/device/cuda_profile.py OUT.json
 
 GPU time of single matvec kernels (so kernel bandwidth is read without Python between
 launches), CPU against GPU time of one whole decode step (cupyx.profiler.benchmark), and
@@ -68,4 +68,5 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
+    provenance.require_commit(sys.argv[0])
     main(sys.argv[1])

@@ -4,6 +4,8 @@
 # models, docs, tests and examples) and run llama-bench on the same 12b preset file the
 # CUDA runtime is measured on, so the ratio is fair. Results land in $OUT.
 set -uo pipefail
+# the copy of the tree here is no git checkout: the caller says which commit it is, for the results
+: "${G4C_COMMIT:?run as G4C_COMMIT=<commit> G4C_DIRTY=0|1 bash $0}"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 G4C_CACHE=/tmp/g4c
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
 mkdir -p /tmp/lc && tar xzf .llamacpp/llamacpp-src.tgz -C /tmp/lc
