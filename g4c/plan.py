@@ -43,15 +43,15 @@ class MemoryPlan:
                 f"KV {self.kv / GIB:.2f}, scratch {self.scratch / GIB:.2f})")
 
 
-def kv_bytes(cfg: ModelConfig, n_ctx: int, n_seq: int = 1, elt: int = 4) -> int:
-    """KV cache bytes at a context length: sliding layers hold at most W positions, and the
+def kv_bytes(cfg: ModelConfig, n_ctx: int, n_seq: int = 1, elt: int = 4, ring_extra: int = 0) -> int:
+    """KV cache bytes at a context length, slots as g4c.session.KVPlan assigns them: full
+    layers one per position, sliding layers a ring of W + ring_extra (at most n_ctx); the
     last shared_kv_layers layers reuse an earlier layer's cache."""
+    from .session import KVPlan
+
+    ring = KVPlan.for_model(cfg, n_ctx, n_seq, ring_extra).ring
     owners = cfg.layers[: cfg.n_layer - cfg.shared_kv_layers]
-    total = 0
-    for s in owners:
-        n = min(n_ctx, cfg.window) if s.sliding else n_ctx
-        total += 2 * s.n_head_kv * s.head_dim * elt * n
-    return total * n_seq
+    return n_seq * sum(2 * s.n_head_kv * s.head_dim * elt * (ring if s.sliding else n_ctx) for s in owners)
 
 
 def largest_context(plan_at, memory: int, n_ctx_max: int) -> int:

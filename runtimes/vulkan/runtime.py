@@ -106,7 +106,7 @@ class VulkanRuntime:
         """Device memory at n_ctx: quantized weights, f32 KV (sliding rings of W + UBATCH),
         and per-batch scratch (activations and attention scores of one micro-batch)."""
         c = model.config
-        kv = kv_bytes(c, n_ctx, n_seq) + sum(2 * s.n_head_kv * s.head_dim * 4 * UBATCH * n_seq for s in c.layers if s.sliding)
+        kv = kv_bytes(c, n_ctx, n_seq, ring_extra=VulkanSession.ring_extra)
         F = max(s.n_ff for s in c.layers)
         rows = min(UBATCH, n_ctx)
         scratch = rows * (4 * c.n_embd + 3 * c.n_head * c.head_dim_full + 2 * F + model.n_vocab) * 4 \
@@ -234,7 +234,7 @@ class VulkanSession(Session):
         """Device-local K and V caches, zeroed (attention multiplies masked slots' values by
         a probability of 0, which garbage NaN bits would survive), and the key position of
         every slot (-1: empty) on the device, written there by kv_store, with a host copy
-        (kpos_host) that reset and truncation edit and upload."""
+        (kpos_host) that _forget edits and uploads."""
         self.kc, self.vc, self.kpos, self.kpos_host = {}, {}, {}, {}
         for s in self.cfg.layers:
             n = self.n_seq * self._cap(s)
@@ -332,7 +332,8 @@ class VulkanSession(Session):
         inp = self._in
         inp["x"].write(self.embd.take(toks) * F32(c.embd_scale))
         inp["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
-        # slots in the caches of all sequences: sequence q's slots follow q * capacity
+        # slots in the caches of all sequences: sequence q's slots follow q * capacity (a ring of
+        # W + UBATCH keeps every row of a micro-batch: no -1 slots here)
         slot_swa = (seqs * self.ring + self.kv.ring_slots(seqs, pos)).astype(np.int32)
         slot_full = (seqs * self.full_cap + self.kv.full_slots(seqs, pos, self.base)).astype(np.int32)
         inp["slot_swa"].write(slot_swa)
