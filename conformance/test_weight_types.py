@@ -29,8 +29,9 @@ def _case(qtype: str, rows: int = 16, cols: int = 512, seed: int = 0):
 @pytest.mark.parametrize("qtype", TYPES)
 def test_dequantize(runtime, tol, metric, qtype):
     reads_type(runtime, qtype)
+    dequantize = optional_method(runtime, "dequantize")
     raw, oracle, _ = _case(qtype)
-    got = np.asarray(optional_method(runtime, "dequantize")(raw, quants.TYPE_NAMES[qtype], oracle.shape[1]), np.float64)
+    got = np.asarray(dequantize(raw, quants.TYPE_NAMES[qtype], oracle.shape[1]), np.float64)
     e = nmse(got.reshape(oracle.shape), oracle)
     metric("nmse", e)
     assert e <= tol.op_nmse, f"dequantize {qtype}: NMSE {e:.3g} > {tol.op_nmse:g} against gguf.quants.dequantize"
@@ -39,8 +40,9 @@ def test_dequantize(runtime, tol, metric, qtype):
 @pytest.mark.parametrize("qtype", TYPES)
 def test_matvec(runtime, tol, metric, qtype):
     reads_type(runtime, qtype)
+    matvec = optional_method(runtime, "matvec")
     raw, oracle, x = _case(qtype, seed=1)
-    got = np.asarray(optional_method(runtime, "matvec")(raw, quants.TYPE_NAMES[qtype], oracle.shape[1], x), np.float64)
+    got = np.asarray(matvec(raw, quants.TYPE_NAMES[qtype], oracle.shape[1], x), np.float64)
     want = oracle @ x.astype(np.float64)
     e = nmse(got.reshape(want.shape), want)
     metric("nmse", e)

@@ -20,8 +20,8 @@ and a Session with:
 
 `prefill` at start_pos keeps the sequence's cached positions below start_pos when they
 reach up to it (start_pos <= the next position) and forgets the rest; a start_pos past the
-next position begins the sequence afresh there, so start_pos = 100000 on a new session
-places a prompt far out (long-position RoPE). g4c.session.Session implements these rules
+next position, or before the first position the sequence holds, begins the sequence afresh
+there, so start_pos = 100000 on a new session places a prompt far out (long-position RoPE). g4c.session.Session implements these rules
 for a runtime that supplies its forward.
 
 Everything else is optional and declared in one record, `capabilities = Capabilities(...)`
@@ -155,6 +155,7 @@ class Session(Protocol):
 
 class Runtime(Protocol):
     name: str
+    capabilities: Capabilities  # optional: a runtime without it gets Capabilities()
 
     def availability(self) -> Availability: ...
 

@@ -34,8 +34,8 @@ def main() -> None:
                      "kv_planned_minus_actual": plan.kv - actual["kv"],
                      "weights_planned_minus_actual": plan.weights - actual["mapped_weights"] - actual["dense_weights"]})
         del sess
-        print(f"context {n}: planned KV {plan.kv:,} B, actual KV arrays {actual['kv']:,} B "
-              f"; planned weights {plan.weights:,} B, "
+        print(f"context {n}: planned KV {plan.kv:,} B, actual KV arrays {actual['kv']:,} B; "
+              f"planned weights {plan.weights:,} B, "
               f"actual {actual['mapped_weights'] + actual['dense_weights']:,} B; planned scratch {plan.scratch:,} B; "
               f"planned total {plan.total:,} B")
     if args.out:
