@@ -49,7 +49,7 @@ def kv_bytes(cfg: ModelConfig, n_ctx: int, n_seq: int = 1, elt: int = 4, ring_ex
     last shared_kv_layers layers reuse an earlier layer's cache."""
     from .session import KVPlan
 
-    ring = KVPlan.for_model(cfg, n_ctx, n_seq, ring_extra).ring
+    ring = KVPlan.for_model(cfg, n_ctx, ring_extra).ring
     owners = cfg.layers[: cfg.n_layer - cfg.shared_kv_layers]
     return n_seq * sum(2 * s.n_head_kv * s.head_dim * elt * (ring if s.sliding else n_ctx) for s in owners)
 

@@ -70,15 +70,14 @@ class KVPlan:
     and W + ubatch for one that stores a micro-batch's keys before attending to the cache.
     """
 
-    n_seq: int
     max_context: int
     window: int
     ring: int  # slots of a sliding layer's cache per sequence
 
     @classmethod
-    def for_model(cls, cfg: ModelConfig, max_context: int, n_seq: int, ring_extra: int = 0) -> "KVPlan":
+    def for_model(cls, cfg: ModelConfig, max_context: int, ring_extra: int = 0) -> "KVPlan":
         sliding = any(s.sliding for s in cfg.layers)
-        return cls(n_seq, max_context, cfg.window, min(cfg.window + ring_extra, max_context) if sliding else max_context)
+        return cls(max_context, cfg.window, min(cfg.window + ring_extra, max_context) if sliding else max_context)
 
     def slots(self, spec: LayerSpec, seqs: np.ndarray, pos: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Slot of each row's key in its sequence's cache of this layer."""
@@ -133,7 +132,7 @@ class Session:
         self.model, self.cfg = model, model.config
         self.max_context, self.n_seq, self.n_vocab = max_context, n_seq, model.n_vocab
         self.trace: dict | None = {} if trace else None
-        self.kv = KVPlan.for_model(self.cfg, max_context, n_seq, self.ring_extra)
+        self.kv = KVPlan.for_model(self.cfg, max_context, self.ring_extra)
         self.base = np.zeros(n_seq, np.int64)
         self.next_pos = np.zeros(n_seq, np.int64)
         self.history: list[list[int]] = [[] for _ in range(n_seq)]  # tokens at base, base + 1, ...

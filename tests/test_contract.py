@@ -203,7 +203,7 @@ def test_kv_plan_slots_and_rewinds():
 
     cfg = load_model("tiny").config  # window 32
     sliding, full = cfg.layers[0], cfg.full_layers[0]
-    kv = KVPlan.for_model(cfg, 256, 2)
+    kv = KVPlan.for_model(cfg, 256)
     assert kv.ring == 32
     seqs, pos = np.array([0] * 40 + [1]), np.r_[np.arange(100, 140), 7]
     ring = kv.slots(sliding, seqs, pos, np.array([100, 0]))
@@ -212,9 +212,9 @@ def test_kv_plan_slots_and_rewinds():
     assert list(kv.held(sliding, base=0, before=40)[0]) == list(range(8, 40))
     assert list(kv.held(sliding, base=20, before=40)[0]) == list(range(20, 40))
     assert kv.keeps(0, 48, 47) and not kv.keeps(0, 48, 46) and kv.keeps(30, 48, 31)  # from base: nothing below it is needed
-    wide = KVPlan.for_model(cfg, 256, 1, ring_extra=64)
+    wide = KVPlan.for_model(cfg, 256, ring_extra=64)
     assert wide.ring == 96 and wide.keeps(0, 200, 135) and not wide.keeps(0, 200, 134)
-    assert KVPlan.for_model(cfg, 24, 1).keeps(0, 24, 0)  # max_context within the window: nothing ever wraps
+    assert KVPlan.for_model(cfg, 24).keeps(0, 24, 0)  # max_context within the window: nothing ever wraps
     assert kv.grown(16, 17) == 32 and kv.grown(128, 300) == 256
 
 

@@ -379,7 +379,7 @@ class CudaSession(Session):
         span = self.kv.full_slots(seqs, pos, self.base)
         return {
             "ids": toks.astype(np.int64), "pos": pos.astype(np.int32), "seq": seqs.astype(np.int32),
-            "lo": self.base.astype(np.int32), "p0": p0.astype(np.int32),
+            "base": self.base.astype(np.int32), "p0": p0.astype(np.int32),
             "ring_slot": self.kv.ring_slots(seqs, pos), "full_slot": span,
             "max_keys_sliding": max(1, int(min(self.ring, span.max() + 1))), "max_keys_full": max(1, int(span.max() + 1)),
         }
@@ -431,7 +431,7 @@ class CudaSession(Session):
         n_split = max(1, min(ATT_MAX_SPLIT, -(-max_keys // ATT_KEYS_PER_SPLIT)))
         part = cp.empty((n, H, n_split, d + 2), cp.float32)
         k.fn("attention_split")((n, H, n_split), (32 * ATT_WARPS,), (
-            q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["lo"], dev["p0"], np.int32(H), np.int32(Hkv),
+            q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["base"], dev["p0"], np.int32(H), np.int32(Hkv),
             np.int32(d), np.int32(n_slots), np.int32(s.window), np.float32(s.attn_scale), np.int32(s.sliding), np.int32(n_split)))
         # the merge then stores the new keys: after every split has read the cache
         k.fn("attention_combine")((n, H), (128,), (

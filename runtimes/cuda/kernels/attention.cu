@@ -1,8 +1,8 @@
 // Attention of query rows over two key segments, split over blocks (flash decoding).
 //
 // Visible keys of a row at position p (sequence s, its rows of this call start at p0):
-//   cache:  positions first .. p0-1, first = max(lo, p - W + 1) on sliding layers (lo otherwise);
-//           slot = k mod n_slots on a ring (sliding layers), k - lo on full layers
+//   cache:  positions first .. p0-1, first = max(base, p - W + 1) on sliding layers (base otherwise);
+//           slot = k mod n_slots on a ring (sliding layers), k - base on full layers
 //   batch:  this call's own new keys at positions max(first, p0) .. p, read from the batch,
 //           not from the ring: a prefill longer than the window never evicts keys it needs.
 // attention_split: block (row, head, split) takes an equal share of the visible keys, each
@@ -18,9 +18,9 @@ struct Keys {
     int first, n_cache, first_new, n_keys;
 };
 
-__device__ __forceinline__ Keys visible_keys(int p, int lo, int p0, int window) {
+__device__ __forceinline__ Keys visible_keys(int p, int base, int p0, int window) {
     Keys k;
-    k.first = lo;
+    k.first = base;
     if (window > 0 && p - window + 1 > k.first) k.first = p - window + 1;
     k.n_cache = p0 > k.first ? p0 - k.first : 0;
     k.first_new = k.first > p0 ? k.first : p0;
@@ -28,11 +28,11 @@ __device__ __forceinline__ Keys visible_keys(int p, int lo, int p0, int window) 
     return k;
 }
 
-__device__ __forceinline__ long key_offset(int i, const Keys& k, int r, int p, int s, int lo, int kvh, int Hkv, int d,
+__device__ __forceinline__ long key_offset(int i, const Keys& k, int r, int p, int s, int base, int kvh, int Hkv, int d,
                                            int n_slots, int ring, bool* from_cache) {
     if (i < k.n_cache) {
         int kpos = k.first + i;
-        int slot = ring ? kpos % n_slots : kpos - lo;
+        int slot = ring ? kpos % n_slots : kpos - base;
         *from_cache = true;
         return (((long)s * n_slots + slot) * Hkv + kvh) * d;
     }
@@ -45,12 +45,12 @@ extern "C" __global__ void attention_split(
     const float* __restrict__ q, const float* __restrict__ k_new, const float* __restrict__ v_new,
     const float* __restrict__ k_cache, const float* __restrict__ v_cache,
     float* __restrict__ part,  // (n_rows, H, n_split, d + 2): sum p*V, then max, then sum p
-    const int* __restrict__ row_pos, const int* __restrict__ row_seq, const int* __restrict__ seq_lo,
+    const int* __restrict__ row_pos, const int* __restrict__ row_seq, const int* __restrict__ seq_base,
     const int* __restrict__ seq_p0, int H, int Hkv, int d, int n_slots, int window, float scale, int ring, int n_split) {
     int r = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
-    int p = row_pos[r], s = row_seq[r], lo = seq_lo[s];
+    int p = row_pos[r], s = row_seq[r], base = seq_base[s];
     int kvh = h / (H / Hkv);
-    Keys keys = visible_keys(p, lo, seq_p0[s], window);
+    Keys keys = visible_keys(p, base, seq_p0[s], window);
     int per = (keys.n_keys + n_split - 1) / n_split;
     int begin = sp * per, end = min(keys.n_keys, begin + per);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -65,7 +65,7 @@ extern "C" __global__ void attention_split(
     float m = -3.402823466e38f, l = 0.f;
     for (int i = begin + warp; i < end; i += ATT_WARPS) {
         bool cached;
-        long off = key_offset(i, keys, r, p, s, lo, kvh, Hkv, d, n_slots, ring, &cached);
+        long off = key_offset(i, keys, r, p, s, base, kvh, Hkv, d, n_slots, ring, &cached);
         const float* kv = (cached ? k_cache : k_new) + off;
         const float* vv = (cached ? v_cache : v_new) + off;
         float dot = 0.f;
