@@ -77,6 +77,12 @@ def _no_softcap(ops, mp):
     mp.setattr(ops, "softcap", lambda logits, cap: logits)
 
 
+def _rewind_without_reevaluation(ops, mp):
+    from g4c.session import KVPlan
+
+    mp.setattr(KVPlan, "keeps", lambda self, base, next_pos, start: True)
+
+
 FAULTS = {
     f.name: f
     for f in (
@@ -90,6 +96,8 @@ FAULTS = {
         Fault("inv-sqrt-d-scale", "attention scaled by 1/sqrt(head_dim)", _inv_sqrt_scale, "test_dense"),
         Fault("one-plus-w-norm", "RMSNorm multiplies by (1 + w)", _one_plus_w_norm, "test_dense"),
         Fault("no-softcap", "final logit softcap skipped", _no_softcap, "test_dense"),
+        Fault("rewind-without-reevaluation", "a rewind keeps what the sliding rings still hold, though they overwrote "
+              "keys the kept positions' successors need", _rewind_without_reevaluation, "test_rewind_keeps_prefix"),
     )
 }
 
