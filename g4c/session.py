@@ -103,7 +103,7 @@ class KVPlan:
 
     def full_needed(self, seqs: np.ndarray, pos: np.ndarray, base: np.ndarray) -> int:
         """Full-layer slots per sequence that a batch at these positions needs."""
-        return int((np.asarray(pos) - np.asarray(base)[np.asarray(seqs)]).max()) + 1
+        return int(self.full_slots(seqs, pos, base).max()) + 1
 
     def grown(self, cap: int, need: int) -> int:
         """Full-layer capacity for `need` slots from `cap`: doubled, at most max_context."""
@@ -158,9 +158,10 @@ class Session:
         if start_pos < 0 or start_pos + len(toks) > self.max_context:
             raise InputError(f"positions {start_pos}..{start_pos + len(toks) - 1} do not fit max_context {self.max_context}")
         base, nxt = int(self.base[seq]), int(self.next_pos[seq])
-        self._check_held(start_pos + len(toks) - (base if base <= start_pos <= nxt else start_pos))
-        if not base <= start_pos <= nxt:
-            self._restart(seq, start_pos)  # a gap, or before the sequence began
+        keep = base <= start_pos <= nxt  # else a gap, or before the sequence began: afresh at start_pos
+        self._check_held(start_pos + len(toks) - (base if keep else start_pos))
+        if not keep:
+            self._restart(seq, start_pos)
         elif start_pos < nxt:
             kept = self.history[seq][: start_pos - base]
             if not (self.kv.keeps(base, nxt, start_pos) and self._forget(seq, start_pos)):

@@ -45,6 +45,7 @@ def _lib():
 
 ACTIVATIONS = ("llama.cpp's CPU matmuls round the activations before multiplying "
                "(8-bit blocks, Q8_0 or Q8_K, for quantized weights; bf16 for BF16 weights)")
+REAL_270M = ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)"
 # the weight types whose matmuls round the activations: all but F32 and F16
 ROUNDED = tuple(t.name for t in quants.SUPPORTED_TYPES if t.name not in ("F32", "F16"))
 
@@ -61,9 +62,8 @@ class LlamaCppRuntime:
             departure("test_model_in_type", "5", ACTIVATIONS, qtype=ROUNDED),
             departure("test_greedy_parity", "5", ACTIVATIONS, preset="tiny", qtype=ROUNDED),
             departure("test_llamacpp_golden", "5", ACTIVATIONS, preset="tiny", qtype=ROUNDED),
-            departure("test_gemma3_270m_llamacpp", "5", ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)"),
-            departure("test_gemma3_270m_reference_greedy", "5",
-                      ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)"),
+            departure("test_gemma3_270m_llamacpp", "5", REAL_270M),
+            departure("test_gemma3_270m_reference_greedy", "5", REAL_270M),
             departure("test_architecture_strings", "1",
                       "files may declare gemma4_unified; llama.cpp's architecture table knows only gemma4", arch="gemma4_unified"),
         ))
