@@ -27,7 +27,7 @@ class Tolerance:
         largest reference logit (at most the softcap). NMSE is the tight criterion; this one
         guards against an error concentrated on a few logits."""
         cap = float(np.abs(ref_logits).max())
-        dot = max([cfg.n_embd, cfg.n_head * cfg.head_dim_full] + [s.n_ff for s in cfg.layers])
+        dot = longest_dot(cfg)
         growth = cfg.n_layer * dot if self.accumulates else 4 * math.sqrt(cfg.n_layer)
         return cap * self.unit_roundoff * growth
 
@@ -37,13 +37,20 @@ class Tolerance:
         for f16 storage (4 in NMSE is 2 in rms; the fixtures measure at most 0.48 of e^2)."""
         from .reference import TRACE_OPS
 
-        dot = max([cfg.n_embd, cfg.n_head * cfg.head_dim_full] + [s.n_ff for s in cfg.layers])
+        dot = longest_dot(cfg)
         limits = {}
         for layer in range(cfg.n_layer):
             e = (layer + 1) * math.sqrt(dot) if self.accumulates else math.sqrt(layer + 1)
             for op in TRACE_OPS:
                 limits[layer, op] = 4 * (e * self.unit_roundoff) ** 2
         return limits
+
+
+def longest_dot(cfg) -> int:
+    """The longest dot product of the forward: the residual width (projections), the FFN
+    width (ffn_down) or the attention output width, heads x head dim, of any layer (attn_output;
+    a sliding head dim may exceed the full layers')"""
+    return max([cfg.n_embd] + [cfg.n_head * s.head_dim for s in cfg.layers] + [s.n_ff for s in cfg.layers])
 
 
 # f32: unit roundoff u = 6e-8. A logit is a chain of L layers of K-term dot products with

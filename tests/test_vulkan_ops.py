@@ -155,3 +155,50 @@ def test_staged_device_memory(staged):
     check(sess.prefill(list(d), start_pos=45, seq=1), d, np.arange(10), "restart at 45", start=45)
     sess.reset()
     check(sess.prefill(list(c[:20]), seq=0), c[:20], np.arange(20), "after reset")
+
+
+def _lavapipe(dev) -> None:
+    if not dev.is_cpu or "llvmpipe" not in dev.name:
+        pytest.skip(f"the subgroup size is set through lavapipe's LP_NATIVE_VECTOR_WIDTH; the device is {dev.name}")
+
+
+# lavapipe's subgroup is its vector width / 32 lanes: 4, 8 (the default on AVX2) and 16
+@pytest.mark.parametrize("width,subgroup", [(128, 4), (512, 16)])
+def test_wide_path_at_other_subgroup_sizes(dev, tmp_path, width, subgroup):
+    """The wide shaders are one code path for every subgroup size (broadcast.glsl): the shape
+    sweep on the wide path at lavapipe's subgroups of 4 and 16 (the suite itself runs 8), in a
+    process of its own, since lavapipe reads LP_NATIVE_VECTOR_WIDTH when it loads."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _lavapipe(dev)
+    out = tmp_path / "results.json"
+    env = {**os.environ, "LP_NATIVE_VECTOR_WIDTH": str(width), "G4C_VULKAN_PATH": "wide"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_shapes.py", "--runtime", "vulkan", "-q",
+                           "-p", "no:cacheprovider", "--results-json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+    doc = json.loads(out.read_text())
+    settings = doc["runtimes"]["vulkan"]["settings"]
+    assert (settings["subgroup_size"], settings["path"]) == (subgroup, "wide"), settings
+    assert doc["counts"]["passed"] == len(doc["tests"]) > 0, doc["counts"]
+
+
+def test_device_that_misreports_its_subgroup_size_gets_the_baseline_path(dev):
+    """Lavapipe at LP_NATIVE_VECTOR_WIDTH=1024 reports subgroups of 32 but runs smaller ones:
+    a wide kernel compiled for 32 lanes then broadcasts from lanes that do not exist (every
+    logit wrong). The device's probe sees it and refuses the wide path, with the reason."""
+    import os
+    import subprocess
+    import sys
+
+    _lavapipe(dev)
+    code = "from runtimes.vulkan.device import Device; d = Device(); print(d.subgroup_size, d.wide, d.wide_reason)"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LP_NATIVE_VECTOR_WIDTH": "1024"},
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    size, wide, reason = proc.stdout.strip().split(" ", 2)
+    assert (size, wide) == ("32", "False") and "broadcast from its lanes fails" in reason, proc.stdout

@@ -6,8 +6,10 @@ machine without a GPU); G4C_VULKAN_DEVICE=<index or name substring> overrides.
 Two kernel paths. `baseline` needs nothing beyond Vulkan 1.1 storage buffers of 32-bit
 words (no subgroup operations, no 8/16/64-bit types). `wide` (matvec_wide, matmul_wide)
 reads weights as 64-bit words and shares each input over the subgroup by broadcast; it is
-taken when the device has shaderInt64 and subgroup broadcast in compute shaders at a
-subgroup size of 4 to 32 (lavapipe: 8; NVIDIA: 32). G4C_VULKAN_PATH=baseline|wide
+taken on a Vulkan 1.2 device with shaderInt64 and subgroup broadcast in compute shaders at
+a subgroup size of 4 to 32 (lavapipe: 8, or 4 to 32 by LP_NATIVE_VECTOR_WIDTH; NVIDIA: 32).
+Its shaders are SPIR-V 1.5 (broadcast from a loop index), one code path for every subgroup
+size. G4C_VULKAN_PATH=baseline|wide
 overrides; `Device.wide` may be switched between sessions (the tests run both paths). Shaders are
 GLSL in shaders/*.comp, compiled by glslang (`glslangValidator`, Debian glslang-tools) with
 -D defines, and cached as SPIR-V by the hash of source, includes and defines under
@@ -52,6 +54,10 @@ def spirv_cache() -> Path:
     return cache_dir() / "spirv"
 
 
+# the wide path's shaders: SPIR-V 1.5 (Vulkan 1.2), whose subgroup broadcast takes a loop index
+WIDE_SHADERS = ("matvec_wide", "matmul_wide", "attention_wide", "subgroup_probe")
+
+
 def compile_shader(name: str, defines: dict[str, int | str]) -> bytes:
     """SPIR-V of shaders/<name>.comp with -D defines (and T_<type>=<GGML id> for every weight
     format g4c reads), compiled once per source hash."""
@@ -70,7 +76,8 @@ def compile_shader(name: str, defines: dict[str, int | str]) -> bytes:
             raise DeviceUnavailableError("glslangValidator is not installed (Debian glslang-tools): shaders cannot compile")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [tool, "-V", "--target-env", "vulkan1.1", *[f"-D{k}={v}" for k, v in defines.items()], str(src), "-o", str(tmp)]
+        env = "vulkan1.2" if name in WIDE_SHADERS else "vulkan1.1"
+        cmd = [tool, "-V", "--target-env", env, *[f"-D{k}={v}" for k, v in defines.items()], str(src), "-o", str(tmp)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise G4CError(f"glslang failed on {src.name} {defines}: {(r.stdout + r.stderr).strip()[:2000]}")
@@ -186,7 +193,7 @@ class Device:
         self.ffi = vk.ffi
         try:
             self.instance = vk.vkCreateInstance(vk.VkInstanceCreateInfo(pApplicationInfo=vk.VkApplicationInfo(
-                pApplicationName="gemma4-conformance", apiVersion=vk.VK_MAKE_VERSION(1, 1, 0))), None)
+                pApplicationName="gemma4-conformance", apiVersion=vk.VK_MAKE_VERSION(1, 2, 0))), None)
             physical = vk.vkEnumeratePhysicalDevices(self.instance)
         except vk.VkError as e:
             raise DeviceUnavailableError(f"no Vulkan device: {type(e).__name__} (install mesa-vulkan-drivers for lavapipe)") from None
@@ -212,9 +219,7 @@ class Device:
         forced = os.environ.get("G4C_VULKAN_PATH", "")
         if forced not in ("", "baseline", "wide"):
             raise G4CError(f"G4C_VULKAN_PATH={forced!r}: expected baseline or wide")
-        if forced == "wide" and self.wide_reason:
-            raise DeviceUnavailableError(f"G4C_VULKAN_PATH=wide but {self.name} {self.wide_reason}")
-        self.wide = forced != "baseline" and not self.wide_reason
+        self.wide = False  # until the subgroup probe below has run
         staging = os.environ.get("G4C_VULKAN_STAGING", "")
         if staging not in ("", "0", "1"):
             raise G4CError(f"G4C_VULKAN_STAGING={staging!r}: expected 0 or 1")
@@ -241,6 +246,23 @@ class Device:
         self._sets: dict = {}
         self._pipelines: dict = {}
         self._stage: Buffer | None = None
+        if not self.wide_reason:
+            if not self._broadcast_works():
+                self.wide_reason = f"reports subgroup size {self.subgroup_size} but broadcast from its lanes fails"
+        if forced == "wide" and self.wide_reason:
+            raise DeviceUnavailableError(f"G4C_VULKAN_PATH=wide but {self.name} {self.wide_reason}")
+        self.wide = forced != "baseline" and not self.wide_reason
+
+    def _broadcast_works(self) -> bool:
+        """Whether subgroup broadcast from each of the reported subgroup's lanes, as the wide
+        shaders do it, reaches that lane (shaders/subgroup_probe.comp)."""
+        out = self.buffer(64 * 4)
+        sg = self.subgroup_size
+        self.run(self.pipeline("subgroup_probe", {"SG": sg}, 1, 1), [out], [64], (1, 1, 1))
+        got = out.read(np.uint32, 64)
+        self.forget([out])
+        out.free()
+        return bool((got == sg * (sg - 1) // 2).all())
 
     def _driver(self, vk, props) -> str:
         """The driver's own name and version string (Vulkan 1.2), and the API version."""
@@ -258,6 +280,8 @@ class Device:
         sg = vk.VkPhysicalDeviceSubgroupProperties()
         if props.apiVersion < vk.VK_MAKE_VERSION(1, 1, 0):
             return 0, "is a Vulkan 1.0 device"
+        if props.apiVersion < vk.VK_MAKE_VERSION(1, 2, 0):
+            return 0, "is a Vulkan 1.1 device (the wide shaders are SPIR-V 1.5: Vulkan 1.2)"
         vk.vkGetPhysicalDeviceProperties2(self.physical, vk.VkPhysicalDeviceProperties2(pNext=sg))
         size = int(sg.subgroupSize)
         if not self.int64:

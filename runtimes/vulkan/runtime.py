@@ -23,7 +23,7 @@ import numpy as np
 
 from g4c import quants
 from g4c.config import LayerSpec
-from g4c.errors import DeviceUnavailableError, G4CError
+from g4c.errors import DeviceUnavailableError, G4CError, UnsupportedModelError
 from g4c.model import Model
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
@@ -33,6 +33,7 @@ from g4c.session import Session
 F32 = np.float32
 UBATCH = 64
 MAX_MATVEC_SEQ = 16  # matvec.comp's MAX_SEQ
+MAX_HEAD_DIM = 512  # the attention shaders' outputs: 64 threads x 8 dims
 ADD, SCALE, GELU_MUL, SOFTCAP, COPY = range(5)
 # the bindings each shader writes (the rest it only reads)
 WRITES = {"matvec": (2,), "matmul": (2,), "matvec_wide": (2,), "matmul_wide": (2,), "rms_norm": (1,), "rope": (0,), "kv_store": (3, 4, 6), "attention": (5, 6),
@@ -189,9 +190,16 @@ class VulkanSession(Session):
         for s in c.layers:  # the shaders index heads assuming an even split
             if c.n_head % s.n_head_kv:
                 raise G4CError(f"{model.path}: layer {s.index}: {c.n_head} heads do not split over {s.n_head_kv} KV heads")
+            if s.head_dim % 2 or s.head_dim > MAX_HEAD_DIM:
+                raise UnsupportedModelError(f"{model.path}: layer {s.index} ({s.kind}) head dim {s.head_dim}: the vulkan "
+                                            f"attention shaders take even head dims up to {MAX_HEAD_DIM}")
         self.mat: dict[str, _Matrix] = {}
-        for w in model.layer_matrices():
+        for w in [*model.layer_matrices(), model.output_weight]:
             quants.layout(w.qtype, f"{model.path}: {w.name}")
+            if w.n_cols % 32:
+                raise UnsupportedModelError(f"{model.path}: tensor {w.name}: rows of {w.n_cols} values: the vulkan matrix "
+                                            "shaders take rows of whole units of 32 values")
+        for w in model.layer_matrices():
             self.mat[w.name] = _Matrix(dev, w.name, w.raw, w.qtype, w.n_cols)
         out = model.output_weight
         self.head = _Matrix(dev, out.name, out.raw, out.qtype, out.n_cols)

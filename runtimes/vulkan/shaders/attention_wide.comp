@@ -6,14 +6,13 @@
 #extension GL_KHR_shader_subgroup_ballot : require
 // Attention on the wide path (device.py): attention.comp's math, with keys and values read
 // as 64-bit words and the query (then each probability) shared over the subgroup by
-// broadcast. A full layer's slot is position - base, so only slots up to the query's own
-// (`slots`, the slot kv_store put its key in) can be visible: the loops stop there.
+// broadcast (broadcast.glsl: the same code at every subgroup size). A head of d dims (even,
+// at most 512) is read in chunks of 32, the last one partial when d is not a multiple of 32
+// (16, 48, ...): the dims past d count as 0. A full layer's slot is position - base, so only
+// slots up to the query's own (`slots`, the slot kv_store put its key in) can be visible:
+// the loops stop there.
 layout(local_size_x = 64) in;
-#if SG <= 16
 layout(std430, binding = 0) readonly buffer Q { uint64_t x2[]; };
-#else
-layout(std430, binding = 0) readonly buffer Q { float x[]; };
-#endif
 layout(std430, binding = 1) readonly buffer KC { uint64_t kc[]; };
 layout(std430, binding = 2) readonly buffer VC { uint64_t vc[]; };
 layout(std430, binding = 3) readonly buffer KP { int kpos[]; };
@@ -25,26 +24,6 @@ layout(push_constant) uniform P { uint n_tok; uint n_head; uint n_kv; uint d; ui
 shared float red[64];
 
 #include "broadcast.glsl"
-
-#define OUT1(jj) { float e = subgroupBroadcast(ev, jj); \
-    if (e != 0.0) { \
-        uint vb = ((seq * p.cap + jb + (jj)) * p.n_kv + kvh) * p.d / 2u; \
-        [[unroll]] for (uint k = 0u; k < 4u; k++) if (2u * (t + 64u * k) < p.d) { \
-            uint64_t pr = vc[vb + t + 64u * k]; \
-            acc[2u * k] += e * uintBitsToFloat(uint(pr)); \
-            acc[2u * k + 1u] += e * uintBitsToFloat(uint(pr >> 32)); } } }
-#define OUT4(j) OUT1(j) OUT1(j + 1u) OUT1(j + 2u) OUT1(j + 3u)
-#define OUT8(j) OUT4(j) OUT4(j + 4u)
-#define OUT16(j) OUT8(j) OUT8(j + 8u)
-#if SG == 4
-#define OUT_ALL OUT4(0u)
-#elif SG == 8
-#define OUT_ALL OUT8(0u)
-#elif SG == 16
-#define OUT_ALL OUT16(0u)
-#else
-#define OUT_ALL OUT16(0u) OUT16(16u)
-#endif
 
 void main() {
     uint th = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
@@ -62,15 +41,16 @@ void main() {
         uint j = jb + t, jj = min(j, nl - 1u);
         uint kb = ((seq * p.cap + jj) * p.n_kv + kvh) * p.d / 2u;
         float s = 0.0;
-        for (uint c = 0u; c < p.d / 32u; c++) {
+        for (uint c = 0u; c < (p.d + 31u) / 32u; c++) {
+            uint lim = min(32u, p.d - c * 32u);
             float w[32];
             [[unroll]] for (uint i = 0u; i < 16u; i++) {
-                uint64_t pr = kc[kb + c * 16u + i];
+                uint64_t pr = 2u * i < lim ? kc[kb + c * 16u + i] : 0ul;
                 w[2u * i] = uintBitsToFloat(uint(pr));
                 w[2u * i + 1u] = uintBitsToFloat(uint(pr >> 32));
             }
             float xv[V];
-            x_chunk(qb + c * 32u, xv);
+            x_chunk(qb + c * 32u, lim, xv);
             s += unit_dot(w, xv);
         }
         if (j < nl) {
@@ -111,7 +91,18 @@ void main() {
     uint lane = gl_SubgroupInvocationID;
     for (uint jb = 0u; jb < nl; jb += SG) {
         float ev = jb + lane < nl ? sc[srow + jb + lane] : 0.0;
-        OUT_ALL
+        [[unroll]] for (uint jj = 0u; jj < SG; jj++) {
+            float e = subgroupBroadcast(ev, jj);
+            if (e != 0.0) {
+                uint vb = ((seq * p.cap + jb + jj) * p.n_kv + kvh) * p.d / 2u;
+                [[unroll]] for (uint k = 0u; k < 4u; k++)
+                    if (2u * (t + 64u * k) < p.d) {
+                        uint64_t pr = vc[vb + t + 64u * k];
+                        acc[2u * k] += e * uintBitsToFloat(uint(pr));
+                        acc[2u * k + 1u] += e * uintBitsToFloat(uint(pr >> 32));
+                    }
+            }
+        }
     }
     [[unroll]] for (uint k = 0u; k < 4u; k++)
         if (2u * (t + 64u * k) < p.d) {

@@ -10,11 +10,7 @@
 // y[t * y_stride + y_off + r] = sum_c W[r][c] x[x_off + t * n_cols + c].
 layout(local_size_x = 64) in;
 layout(std430, binding = 0) readonly buffer W { uint64_t wq[]; };
-#if SG <= 16
 layout(std430, binding = 1) readonly buffer X { uint64_t x2[]; };
-#else
-layout(std430, binding = 1) readonly buffer X { float x[]; };
-#endif
 layout(std430, binding = 2) writeonly buffer Y { float y[]; };
 layout(push_constant) uniform P { uint n_rows; uint n_cols; uint row_bytes; uint n_tok; uint x_off; uint y_off; uint y_stride; } p;
 
@@ -36,7 +32,7 @@ void main() {
         [[unroll]] for (uint m = 0u; m < TM; m++) {
             if (m < nt) {  // uniform over the workgroup
                 float xv[V];
-                x_chunk(p.x_off + (t0 + m) * p.n_cols + u * 32u, xv);
+                x_chunk(p.x_off + (t0 + m) * p.n_cols + u * 32u, 32u, xv);
                 acc[m] += unit_dot(w, xv);
             }
         }

@@ -9,11 +9,7 @@
 // all vectors from 64-bit loads; each vector's inputs come by subgroup broadcast (wide.glsl).
 layout(local_size_x = 64) in;
 layout(std430, binding = 0) readonly buffer W { uint64_t wq[]; };
-#if SG <= 16
 layout(std430, binding = 1) readonly buffer X { uint64_t x2[]; };
-#else
-layout(std430, binding = 1) readonly buffer X { float x[]; };
-#endif
 layout(std430, binding = 2) writeonly buffer Y { float y[]; };
 layout(push_constant) uniform P { uint n_rows; uint n_cols; uint row_bytes; uint n_seq; uint x_off; uint y_off; uint y_stride; } p;
 
@@ -31,7 +27,7 @@ void main() {
         unit_weights(row, u, w);
         [[unroll]] for (uint s = 0u; s < NSEQ; s++) {
             float xv[V];
-            x_chunk(p.x_off + s * p.n_cols + u * 32u, xv);
+            x_chunk(p.x_off + s * p.n_cols + u * 32u, 32u, xv);
             acc[s] += unit_dot(w, xv);
         }
     }
