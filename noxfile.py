@@ -25,7 +25,7 @@ LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLL
 CUDA_EMU_CASES = ("test_weight_types", "test_dense_logits", "test_dense_decode_matches_reference", "test_softcap_bounds",
                   "test_reset_forgets", "test_rewind_keeps_prefix", "test_batched_decode_equals_single[n_seq=2]",
                   "test_k_eq_v_logits[preset=tiny]", "test_k_eq_v_layer_outputs", "test_inputs",
-                  "test_rope_long_position[preset=tiny]", "test_greedy_parity[qtype=Q4_0]")
+                  "test_rope_long_position[preset=tiny]", "test_greedy_parity[qtype=Q4_0]", "test_shape")
 
 
 def _machine() -> str:
@@ -104,6 +104,18 @@ def parity_llamacpp(session):
     session.run("python", "-m", "pytest", "tests/test_tokenizer.py", *session.posargs, env=env)
     session.run("python", "-m", "pytest", "conformance/test_llamacpp_parity.py", "--results-json",
                 "reports/out/parity-llamacpp.json", *session.posargs, env=env)
+
+
+@nox.session(name="parity-transformers")
+def parity_transformers(session):
+    """Build transformers' Gemma 4 in float64 on the CPU from the tiny fixtures (the
+    test_dense variants) and one shape-sweep case, write its goldens live into
+    reports/out/transformers-goldens, and hold the float64 reference to them."""
+    session.install("-e", ".[transformers]")
+    live = "reports/out/transformers-goldens"
+    session.run("python", "-m", "fixtures.transformers_oracle", "--out", live)
+    session.run("python", "-m", "pytest", "tests/test_transformers_oracle.py", "-p", "no:cacheprovider", "-rA",
+                *session.posargs, env={"G4C_TRANSFORMERS_GOLDENS": live})
 
 
 @nox.session

@@ -28,6 +28,7 @@ from g4c.errors import DeviceUnavailableError, UnsupportedModelError, Unsupporte
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
+from g4c.opcases import EVERY_OP
 from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
@@ -81,7 +82,7 @@ def _cupy():
 
 class CudaRuntime:
     name = "cuda"
-    capabilities = Capabilities(trace=True, backend="CUDA", methods=EVERY_METHOD)
+    capabilities = Capabilities(trace=True, backend="CUDA", methods=EVERY_METHOD, ops=EVERY_OP)
 
     def __init__(self):
         self._kernels = None
@@ -149,21 +150,11 @@ class CudaRuntime:
                    + rows * c.n_head * n_split * (c.head_dim_full + 2) * 4 + rows * model.n_vocab * 4)
         return MemoryPlan("cuda", n_ctx, n_seq, model.weight_bytes, kv_bytes(c, n_ctx, n_seq), scratch, "device")
 
-    # op-level entry points for the conformance suite's weight-type cases
-    def dequantize(self, raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
-        k = self.kernels()
-        cp = k.cp
-        raw = np.ascontiguousarray(raw)
-        return cp.asnumpy(k.dequant(cp.asarray(raw), QT(qtype), raw.shape[0], n_cols, raw.shape[1]))
+    def run_op(self, case, inputs: dict, repeat: int = 0) -> tuple[np.ndarray, list[float]]:
+        """An op-level case (g4c.opcases) through the forward's kernels (oplevel.py)."""
+        from .oplevel import run_op
 
-    def matvec(self, raw: np.ndarray, qtype, n_cols: int, x: np.ndarray) -> np.ndarray:
-        k = self.kernels()
-        cp = k.cp
-        raw = np.ascontiguousarray(raw)
-        y = k.matvec(cp.asarray(raw), QT(qtype), raw.shape[0], n_cols, raw.shape[1],
-                     cp.asarray(np.atleast_2d(x).astype(np.float32)))
-        return cp.asnumpy(y).reshape(-1)
-
+        return run_op(self.kernels(), case, inputs, repeat)
 
 class Kernels:
     """The compiled module and thin launchers; one instance per process."""
@@ -257,9 +248,12 @@ class CudaSession(Session):
     def __init__(self, k: Kernels, model: Model, max_context: int, n_seq: int = 1, trace: bool = False):
         super().__init__(model, max_context, n_seq, trace)
         c = self.cfg
-        for w in model.weights():  # refuse an unsupported format at load, naming the tensor
+        for w in model.weights():  # refuse an unsupported format or row length at load, naming the tensor
             if w.qtype not in TYPE_NAMES:
                 raise UnsupportedQuantError(f"{model.path}: tensor {w.name}: GGML type {w.qtype.name} is not supported by cuda")
+            if len(w.shape) > 1 and w.n_cols % 32:
+                raise UnsupportedModelError(f"{model.path}: tensor {w.name}: rows of {w.n_cols} values: the cuda matrix "
+                                            "kernels take rows of whole units of 32 values")
         for s in c.layers:
             if s.head_dim % 32 or s.head_dim > ATT_MAX_D:
                 raise UnsupportedModelError(f"{model.path}: layer {s.index} head dim {s.head_dim}: the cuda attention "
