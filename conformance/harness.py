@@ -10,7 +10,7 @@ import pytest
 import fixtures
 from g4c.model import Model
 from g4c.reference import Reference
-from g4c.runtime import capabilities, has_method
+from g4c.runtime import capabilities
 
 
 NOT_SUPPORTED = "not supported:"
@@ -51,13 +51,6 @@ def reads_type(runtime, qtype: str) -> None:
     """A weight type outside the runtime's declared weight_types is a not_supported outcome."""
     if not capabilities(runtime).reads(qtype):
         pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no support for weight type {qtype}")
-
-
-def optional_method(runtime, method: str):
-    """The runtime's optional method, or a not_supported outcome when it declares none."""
-    if not has_method(runtime, method):
-        pytest.skip(f"{NOT_SUPPORTED} runtime {runtime.name} declares no op-level {method}")
-    return getattr(runtime, method)
 
 
 def available_or_skip(runtime, name: str):

@@ -1,7 +1,8 @@
 """The dense no-PLE forward against the float64 reference, with the file variants a
 runtime must read: layer_output_scale present or absent, head_count_kv scalar or array,
-tied or untied output head. The logits comparison also catches a missing softcap, a
-(1 + w) norm and a 1/sqrt(d) attention scale (tests/test_faults.py)."""
+tied or untied output head, a softcap other than 30 (test_softcap_from_file). The logits
+comparison also catches a missing softcap, a (1 + w) norm and a 1/sqrt(d) attention scale
+(tests/test_faults.py)."""
 
 import numpy as np
 import pytest
@@ -44,11 +45,44 @@ def test_dense_decode_matches_reference(runtime, tol, metric):
     assert np.allclose(np.asarray(sess.logits), rows[-1]), "session.logits is not the last decode's logits"
 
 
-def test_softcap_bounds(runtime):
-    model = load_model("tiny")
-    got = np.asarray(runtime.load(model, 64, 1).prefill(list(prompt(16, model.n_vocab))))
+def _uncapped_peak(model, toks, metric) -> float:
+    """Largest |logit| of the float64 reference before its softcap: a softcap test on logits
+    that stay under the cap could never fail."""
     cap = model.config.final_softcap
+    ref = reference_logits(model, toks)
+    peak = float(np.abs(cap * np.arctanh(np.clip(ref / cap, -1, 1))).max())
+    metric("max_abs_uncapped_reference_logit", peak)
+    return peak
+
+
+# embeddings of std 0.8 (the tiny preset's 0.4 keeps every uncapped logit under the cap of 30,
+# where a missing softcap changes nothing this test could see): uncapped logits reach 63
+SOFTCAP_VARIANT = {"embd_std": 0.8}
+
+
+def test_softcap_bounds(runtime, metric):
+    """Every logit within final_logit_softcapping, on a fixture whose uncapped reference
+    logits exceed 1.5 x the cap."""
+    model = load_model("tiny", **SOFTCAP_VARIANT)
+    toks = prompt(16, model.n_vocab)
+    cap = model.config.final_softcap
+    peak = _uncapped_peak(model, toks, metric)
+    assert peak > 1.5 * cap, f"fixture too tame: uncapped reference logits peak at {peak:.3g}, cap {cap}"
+    got = np.asarray(runtime.load(model, 64, 1).prefill(list(toks)))
+    metric("max_abs_logit", float(np.abs(got).max()))
     assert np.abs(got).max() <= cap, f"|logit| {np.abs(got).max():.3g} exceeds final_logit_softcapping {cap}"
+
+
+def test_softcap_from_file(runtime, tol, metric):
+    """final_logit_softcapping read from the file, not hard-coded to the 12B's 30: logits of
+    a fixture capped at 20, which its uncapped reference logits exceed, against the reference."""
+    model = load_model("tiny", softcap=20.0)
+    toks = prompt(24, model.n_vocab, seed=1)
+    cap = model.config.final_softcap
+    assert cap == 20.0, f"fixture's final_logit_softcapping is {cap}, not 20"
+    peak = _uncapped_peak(model, toks, metric)
+    assert peak > 1.25 * cap, f"fixture too tame: uncapped reference logits peak at {peak:.3g}, cap {cap}"
+    check_logits(runtime, tol, model, toks, metric)
 
 
 @pytest.mark.parametrize("back", [1, 28], ids=["rewind-1", "rewind-28"])

@@ -142,7 +142,8 @@ def cmd_runtimes(args) -> int:
         caps = capabilities(rt)
         types = "every type" if caps.weight_types is None else ", ".join(sorted(caps.weight_types))
         print(f"{'':12s} precision {caps.precision}, trace {'yes' if caps.trace else 'no'}, weight types: {types}; "
-              f"methods: {', '.join(sorted(caps.methods)) or 'none'}; {len(caps.departures)} departure(s)")
+              f"methods: {', '.join(sorted(caps.methods)) or 'none'}; ops: {', '.join(sorted(caps.ops)) or 'none'}; "
+              f"{len(caps.departures)} departure(s)")
         for d in caps.departures:
             print(f"{'':14s}departs at {d.case}: {d}")
     return 0

@@ -27,6 +27,18 @@ for a runtime that supplies its forward.
 Everything else is optional and declared in one record, `capabilities = Capabilities(...)`
 on the runtime; a runtime that declares nothing gets the defaults and runs the whole suite
 (tests that need what it lacks report "not supported").
+
+Op-level cases (g4c.opcases.CASES: dequantize, matvec, matmul, rms_norm, rope, attention,
+softcap, gelu_mul, each with its inputs and a float64 expected output) run on a runtime that
+names the ops it has in `Capabilities.ops` and has
+
+    run_op(case, inputs, repeat=0) -> (float32 output, seconds)
+
+case a g4c.opcases.OpCase, inputs its arrays as OpCase documents them; the output has the
+case's output shape, and seconds holds the time of each of `repeat` further runs of the op
+alone, inputs already on the device, each waited for (the perf mode's GB/s; a runtime that
+returns fewer is timed by whole calls). A case the runtime cannot run (a head dim its kernel
+does not take) raises g4c.errors.UnsupportedModelError naming the dimension: not supported.
 """
 
 from __future__ import annotations
@@ -57,8 +69,6 @@ METHODS = {
                    "benchmarks' KV bytes)",
     "memory_bandwidth": "memory_bandwidth() -> dict(bytes_per_s, method, device): the benchmarks' roofline (default: "
                         "host read bandwidth)",
-    "dequantize": "dequantize(raw, qtype, n_cols) -> float32 (rows, n_cols): op-level weight-type cases",
-    "matvec": "matvec(raw, qtype, n_cols, x) -> float32 (rows,): op-level weight-type cases",
 }
 
 EVERY_METHOD = frozenset(METHODS)
@@ -93,6 +103,7 @@ class Capabilities:
     weight_types: frozenset[str] | None = None  # GGML types it reads (None: every type the suite has)
     departures: tuple[Departure, ...] = ()
     methods: frozenset[str] = frozenset()  # optional methods it has, from METHODS
+    ops: frozenset[str] = frozenset()  # ops run_op() runs, from g4c.opcases.OPS
     backend: str = ""  # llama-bench's backend column (default: the runtime's name)
     explicit_only: bool = False  # runs only when named (the CUDA emulator: right, but too slow for every run)
 
@@ -105,8 +116,10 @@ class Capabilities:
 
 def capabilities(rt) -> Capabilities:
     """The runtime's declared capabilities (defaults where it declares none), checked: a
-    declared method must exist, a precision must have a tolerance class, a weight type must
-    be one the suite knows. Raises G4CError naming the runtime and the field."""
+    declared method must exist, a precision must have a tolerance class, a weight type and an
+    op must be ones the suite knows, and declared ops need run_op(). Raises G4CError naming
+    the runtime and the field."""
+    from .opcases import OPS
     from .quants import SUPPORTED_TYPES
     from .tolerance import TABLE
 
@@ -127,6 +140,12 @@ def capabilities(rt) -> Capabilities:
             raise G4CError(f"runtime {name}: capabilities.methods names {m!r}, not one of {', '.join(METHODS)}")
         if not callable(getattr(rt, m, None)):
             raise G4CError(f"runtime {name}: capabilities.methods declares {m} but the runtime has no method {m}()")
+    unknown = sorted(set(caps.ops) - set(OPS))
+    if unknown:
+        raise G4CError(f"runtime {name}: capabilities.ops names {', '.join(unknown)}, not among {', '.join(OPS)}")
+    if caps.ops and not callable(getattr(rt, "run_op", None)):
+        raise G4CError(f"runtime {name}: capabilities.ops declares {', '.join(sorted(caps.ops))} but the runtime has "
+                       "no method run_op()")
     return caps
 
 

@@ -96,7 +96,8 @@ def test_runtimes_lists_cpu():
     r = g4c("runtimes")
     assert r.returncode == 0 and "cpu" in r.stdout and "available" in r.stdout
     # each runtime's declared capabilities, so an engine author sees what the suite read
-    assert "precision f32, trace yes, weight types: every type; methods: dequantize, matvec" in r.stdout
+    assert ("precision f32, trace yes, weight types: every type; methods: memory_bandwidth, memory_plan, settings; "
+            "ops: attention, dequantize, gelu_mul, matmul, matvec, rms_norm, rope, softcap") in r.stdout
 
 
 def test_check_command():

@@ -87,8 +87,8 @@ def test_outside_runtime_declaring_nothing_runs_the_whole_suite(bare_plugin, tmp
     doc = json.loads(out.read_text())
     counts = doc["counts_by_runtime"]["bare"]
     lacks = {r["test"] for r in doc["tests"].values() if r["outcome"] == "not_supported"}
-    # what it lacks, and nothing else: op-level entry points and per-layer traces
-    assert lacks == {"test_dequantize", "test_matvec", "test_layer_divergence", "test_k_eq_v_layer_outputs"}, lacks
+    # what it lacks, and nothing else: op-level cases and per-layer traces
+    assert lacks == {"test_op", "test_layer_divergence", "test_k_eq_v_layer_outputs"}, lacks
     assert counts["failed"] == counts["departure"] == 0 and counts["passed"] >= 50, counts
     assert all(r["runtime"] == "bare" for r in doc["tests"].values() if r["runtime"])
     assert doc["runtimes"]["bare"]["precision"] == "f32"
@@ -178,10 +178,27 @@ def test_cases_by_name_and_parameters():
 def test_malformed_capabilities_are_refused_by_name():
     class Odd:
         name = "odd"
-        capabilities = registry.Capabilities(methods=frozenset({"matvec"}))
+        capabilities = registry.Capabilities(methods=frozenset({"memory_plan"}))
 
-    with pytest.raises(G4CError, match="odd: capabilities.methods declares matvec but the runtime has no method"):
+    with pytest.raises(G4CError, match="odd: capabilities.methods declares memory_plan but the runtime has no method"):
         registry.capabilities(Odd())
+
+    class NoRunOp:
+        name = "norunop"
+        capabilities = registry.Capabilities(ops=frozenset({"rope"}))
+
+    with pytest.raises(G4CError, match="norunop: capabilities.ops declares rope but the runtime has no method run_op"):
+        registry.capabilities(NoRunOp())
+
+    class OddOp:
+        name = "oddop"
+        capabilities = registry.Capabilities(ops=frozenset({"conv2d"}))
+
+        def run_op(self, case, inputs, repeat=0):
+            raise AssertionError("never called")
+
+    with pytest.raises(G4CError, match="oddop: capabilities.ops names conv2d, not among dequantize"):
+        registry.capabilities(OddOp())
 
     class Loose:
         name = "loose"

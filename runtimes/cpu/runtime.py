@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from g4c import quants
 from g4c.config import LayerSpec
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, available_host_memory, check_fits, kv_bytes
+from g4c.opcases import EVERY_OP
 from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
@@ -37,7 +37,7 @@ def _dense_bytes(model: Model) -> int:
 
 class CpuRuntime:
     name = "cpu"
-    capabilities = Capabilities(trace=True, backend="CPU", methods=EVERY_METHOD)
+    capabilities = Capabilities(trace=True, backend="CPU", methods=EVERY_METHOD, ops=EVERY_OP)
 
     def availability(self) -> Availability:
         return Availability(True)
@@ -82,14 +82,12 @@ class CpuRuntime:
         )
         return MemoryPlan("cpu", n_ctx, n_seq, weights, kv_bytes(c, n_ctx, n_seq), scratch, "host")
 
-    # op-level entry points, for the conformance suite's weight-type cases
     @staticmethod
-    def dequantize(raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
-        return quants.dequantize(raw, qtype, n_cols)
+    def run_op(case, inputs: dict, repeat: int = 0) -> tuple[np.ndarray, list[float]]:
+        """An op-level case (g4c.opcases) through this runtime's ops (oplevel.py)."""
+        from .oplevel import run_op
 
-    @staticmethod
-    def matvec(raw: np.ndarray, qtype, n_cols: int, x: np.ndarray) -> np.ndarray:
-        return x.astype(F32) @ quants.dequantize(raw, qtype, n_cols).T
+        return run_op(case, inputs, repeat)
 
 
 class _Matrix:
@@ -97,17 +95,20 @@ class _Matrix:
 
     def __init__(self, w: Weight, keep: bool, pool: ThreadPoolExecutor):
         self.w, self.pool = w, pool
-        self.dense = w.dequantize() if keep else None
+        self.dense = self.rows(0, w.n_rows) if keep else None
         self.chunk = max(1, CHUNK_BYTES // (4 * w.n_cols))
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        return ops.dequantize(self.w.raw[a:b], self.w.qtype, self.w.n_cols)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.dense is not None:
-            return x @ self.dense.T
+            return ops.matmul(x, self.dense)
         out = np.empty((x.shape[0], self.w.n_rows), F32)
 
         def part(a: int) -> None:
             b = min(a + self.chunk, self.w.n_rows)
-            out[:, a:b] = x @ self.w.rows(a, b).T
+            out[:, a:b] = ops.matmul(x, self.rows(a, b))
 
         list(self.pool.map(part, range(0, self.w.n_rows, self.chunk)))
         return out
@@ -149,7 +150,7 @@ class CpuSession(Session):
         self.out_scale = {i: F32(v) for i, v in model.output_scales().items()}
         self.output_norm = model.weight("output_norm.weight").vector()
         self.embd = model.weight("token_embd.weight")
-        out_w = model.output_weight
+        out_w = model.weight(ops.output_tensor(c))
         self.head = _Matrix(out_w, keep and 4 * out_w.n_rows * out_w.n_cols <= budget, self._pool)
         self.rope_freqs = model.rope_freqs
         # full layers start small and grow with the positions held (reserve: allocated whole)
@@ -176,45 +177,41 @@ class CpuSession(Session):
         for s, cache in zip(c.layers, self.caches):
             if not s.sliding and cache.cap < need:
                 cache.grow(self.kv.grown(cache.cap, need))
-        x = self.embd.take(toks) * F32(c.embd_scale)
+        x = ops.dequantize(self.embd.raw[toks], self.embd.qtype, self.embd.n_cols) * F32(ops.embedding_scale(c))
         if self.trace is not None:
             self.trace.clear()
         for spec in c.layers:
             x = self._layer(spec, x, seqs, pos)
         if not all_logits:
             x = x[-1:]
-        h = ops.rms_norm(x, self.output_norm, c.eps)
+        h = ops.final_norm(x, self.output_norm, c.eps)
         return ops.softcap(self.head(h), c.final_softcap)
 
     def _layer(self, s: LayerSpec, x: np.ndarray, seqs: np.ndarray, pos: np.ndarray) -> np.ndarray:
         c, i, n = self.cfg, s.index, len(pos)
         H, Hkv, d = c.n_head, s.n_head_kv, s.head_dim
-        w = lambda name: self._matrix(f"blk.{i}.{name}.weight")  # noqa: E731
-        norm = lambda name: self.norm[i, name]  # noqa: E731
+        w = lambda name: self._matrix(f"blk.{i}.{ops.layer_tensor(name)}.weight")  # noqa: E731
+        norm = lambda name: self.norm[i, ops.layer_tensor(name)]  # noqa: E731
         h = ops.rms_norm(x, norm("attn_norm"), c.eps)
         q = w("attn_q")(h).reshape(n, H, d)
         k_raw = w("attn_k")(h).reshape(n, Hkv, d)
         v_name = ops.value_tensor(s)
         v_raw = w(v_name)(h).reshape(n, Hkv, d) if v_name else None
-        q = ops.rms_norm(q, norm("attn_q_norm"), c.eps)
-        k = ops.rms_norm(k_raw, norm("attn_k_norm"), c.eps)
         ang = ops.rope_angles(s, pos, self.rope_freqs)
-        q, k = ops.rope(q, ang, s.n_rot), ops.rope(k, ang, s.n_rot)
+        q = ops.norm_rope(q, norm("attn_q_norm"), c.eps, ang, s.n_rot)
+        k = ops.norm_rope(k_raw, norm("attn_k_norm"), c.eps, ang, s.n_rot)
         v = ops.value(v_raw, k_raw, k)
         if c.v_norm:
-            v = ops.rms_norm(v, None, c.eps)
+            v = ops.value_norm(v, c.eps)
         a = np.empty((n, H, d), F32)
-        for seq in np.unique(seqs):
-            rows = np.flatnonzero(seqs == seq)
-            a[rows] = self._attend(s, int(seq), q[rows], k[rows], v[rows], pos[rows])
-        attn_out = ops.rms_norm(w("attn_output")(a.reshape(n, H * d)), norm("post_attention_norm"), c.eps)
+        for seq, rows in ops.sequence_rows(seqs):
+            a[rows] = self._attend(s, seq, q[rows], k[rows], v[rows], pos[rows])
+        attn_out = ops.post_norm(w("attn_output")(a.reshape(n, H * d)), norm("post_attention_norm"), c.eps)
         x = x + attn_out
         h = ops.rms_norm(x, norm("ffn_norm"), c.eps)
         ffn = w("ffn_down")(ops.gelu_tanh(w("ffn_gate")(h)) * w("ffn_up")(h))
-        ffn_out = ops.rms_norm(ffn, norm("post_ffw_norm"), c.eps)
-        x = x + ffn_out
-        if s.has_output_scale:
-            x = x * self.out_scale[i]
+        ffn_out = ops.post_norm(ffn, norm("post_ffw_norm"), c.eps)
+        x = ops.layer_output(x, ffn_out, self.out_scale.get(i))
         if self.trace is not None:
             self.trace[(i, "attn_out")], self.trace[(i, "ffn_out")], self.trace[(i, "layer_out")] = attn_out, ffn_out, x
         return x
@@ -224,20 +221,14 @@ class CpuSession(Session):
         the cache store. The new keys are attended from the batch, so a batch longer than W
         never loses keys that its own earlier rows still need."""
         cache = self.caches[s.index]
-        p_past, slots = self.kv.held(s, int(self.base[seq]), int(pos[0]))
+        p_past, slots = ops.kv_held(self.kv, s, int(self.base[seq]), int(pos[0]))
         keys = np.concatenate([cache.k[seq, slots], k_new])
         vals = np.concatenate([cache.v[seq, slots], v_new])
         kpos = np.concatenate([p_past, pos])
-        m, H, d = q.shape
-        Hkv = s.n_head_kv
-        g = H // Hkv  # query head h uses KV head h // g
-        qg = q.reshape(m, Hkv, g, d).transpose(1, 2, 0, 3).reshape(Hkv, g * m, d)
-        scores = (qg @ keys.transpose(1, 2, 0)) * F32(ops.attention_scale(s))  # (Hkv, g*m, n_k)
-        mask = ops.visible(pos, kpos, s)  # (m, n_k)
-        scores = np.where(np.tile(mask, (g, 1))[None], scores, F32(-np.inf))
-        out = ops.softmax(scores) @ vals.transpose(1, 0, 2)  # (Hkv, g*m, d)
-        new = self.kv.slots(s, np.full(m, seq), pos, self.base)
+        m = len(pos)
+        a = ops.attend(q, keys, vals, pos, kpos, s)
+        new = ops.kv_slots(self.kv, s, np.full(m, seq), pos, self.base)
         kept = new >= 0
-        cache.k[seq, new[kept]], cache.v[seq, new[kept]] = k_new[kept], v_new[kept]
-        return out.reshape(Hkv, g, m, d).transpose(2, 0, 1, 3).reshape(m, H, d)
+        cache.k[seq, new[kept]], cache.v[seq, new[kept]] = ops.to_cache(k_new[kept]), ops.to_cache(v_new[kept])
+        return a
 

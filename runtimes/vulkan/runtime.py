@@ -27,6 +27,7 @@ from g4c.errors import DeviceUnavailableError, G4CError, UnsupportedModelError
 from g4c.model import Model
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
+from g4c.opcases import EVERY_OP
 from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
@@ -64,7 +65,7 @@ def _grid(n: int) -> tuple[int, int, int]:
 
 class VulkanRuntime:
     name = "vulkan"
-    capabilities = Capabilities(trace=True, backend="Vulkan", methods=EVERY_METHOD)
+    capabilities = Capabilities(trace=True, backend="Vulkan", methods=EVERY_METHOD, ops=EVERY_OP)
 
     def __init__(self):
         self._dev = None
@@ -136,29 +137,12 @@ class VulkanRuntime:
             b.free()
         return {"bytes_per_s": rows * cols * 4 / best, "method": f"{name} over a 64 MiB F32 matrix, best of 6", "device": dev.name}
 
-    # op-level entry points for the conformance suite's weight-type cases
-    def dequantize(self, raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
-        dev = self.device()
-        raw = np.ascontiguousarray(raw)
-        rows = raw.shape[0]
-        w, out = dev.buffer(raw.nbytes), dev.buffer(rows * n_cols * 4)
-        w.write(raw)
-        dev.run(dev.pipeline("dequant", {"TYPE": int(qtype)}, 2, 4), [w, out], [rows, n_cols, raw.shape[1], 0],
-                _grid(-(-rows * n_cols // 32 // 64)))
-        return out.read(F32, rows * n_cols).reshape(rows, n_cols)
+    def run_op(self, case, inputs: dict, repeat: int = 0) -> tuple[np.ndarray, list[float]]:
+        """An op-level case (g4c.opcases) as one dispatch of its shader on the device's kernel
+        path (oplevel.py)."""
+        from .oplevel import run_op
 
-    def matvec(self, raw: np.ndarray, qtype, n_cols: int, x: np.ndarray) -> np.ndarray:
-        dev = self.device()
-        raw = np.ascontiguousarray(raw)
-        rows = raw.shape[0]
-        x = np.atleast_2d(np.asarray(x, F32))
-        w, bx, by = dev.buffer(raw.nbytes + PAD), dev.buffer(x.nbytes), dev.buffer(rows * len(x) * 4)
-        w.write(raw)
-        bx.write(x)
-        name, defines, groups = matrix_kernel(dev, dev.wide, qtype, rows, len(x))
-        dev.run(dev.pipeline(name, defines, 3, 7), [w, bx, by], [rows, n_cols, raw.shape[1], len(x), 0, 0, rows], groups)
-        return by.read(F32, rows * len(x)).reshape(-1)
-
+        return run_op(self.device(), case, inputs, repeat)
 
 class _Matrix:
     """A weight matrix on the device, quantized, in row chunks within the binding limit."""
