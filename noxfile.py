@@ -25,7 +25,8 @@ LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLL
 CUDA_EMU_CASES = ("test_weight_types", "test_dense_logits", "test_dense_decode_matches_reference", "test_softcap_bounds",
                   "test_reset_forgets", "test_rewind_keeps_prefix", "test_batched_decode_equals_single[n_seq=2]",
                   "test_k_eq_v_logits[preset=tiny]", "test_k_eq_v_layer_outputs", "test_inputs",
-                  "test_rope_long_position[preset=tiny]", "test_greedy_parity[qtype=Q4_0]", "test_shape")
+                  "test_rope_long_position[preset=tiny]", "test_greedy_parity[qtype=Q4_0]", "test_shape", "test_ops",
+                  "test_softcap_from_file")
 
 
 def _machine() -> str:
@@ -45,8 +46,10 @@ def tests(session):
     # conformance of the cpu and vulkan runtimes (vulkan on lavapipe, Mesa's CPU device, in
     # CI: the wide kernel path, about 6 minutes on 2 cores; tests/test_vulkan_ops.py runs the
     # baseline path too); cuda and llamacpp have their own sessions
+    # (tests/test_faults.py writes which tests caught each fault: the report's catch matrix)
     session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu", "--runtime", "vulkan",
-                "--results-json", f"reports/out/conformance-{label}.json", *session.posargs)
+                "--results-json", f"reports/out/conformance-{label}.json", *session.posargs,
+                env={"G4C_FAULTS_JSON": f"reports/out/faults-{label}.json", "G4C_MACHINE": label})
     # the cuda runtime's kernels and host code on the CPU emulator (no GPU here): the cases
     # that cover every kernel, k_eq_v, batching and greedy decode, on the small presets
     # (under 2 minutes; the whole suite takes over 20)
@@ -54,6 +57,10 @@ def tests(session):
                 *(f"--case={c}" for c in CUDA_EMU_CASES), "--results-json", f"reports/out/conformance-cuda-emu-{label}.json")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", "--bench-runtime", "cpu",
                 "--benchmark-json", f"reports/out/bench-{label}.json", env={"G4C_MACHINE": label})
+    # the op cases as a perf run (each checked before it is timed; seconds): GB/s per op in the report
+    for rt in ("cpu", "vulkan"):
+        session.run("python", "-m", "g4c.opcases", "--perf", "--runtime", rt, "--json", f"reports/out/ops-{rt}-{label}.json",
+                    env={"G4C_MACHINE": label})
     session.run("python", "-m", "reports.build")
     session.run("python", "-m", "pytest", "tests/test_report.py", "-k", "browser", "-p", "no:cacheprovider",
                 env={"G4C_REPORT": "reports/out/index.html", "G4C_REPORT_SCREENSHOT": "reports/out/report.png"})

@@ -10,6 +10,8 @@ Understood formats, told apart by their content:
 - pytest-benchmark JSON of `benchmarks/` (`--benchmark-json`), throughput in extra_info;
 - llama-bench JSON (`llama-bench -o json`): llama.cpp's figures beside ours;
 - the CUDA device script's JSON (reports/device/cuda_bench.py), from before the benchmarks;
+- op-level perf runs (`python -m g4c.opcases --perf --json`): GB/s per op case per runtime;
+- fault catches (tests/test_faults.py with G4C_FAULTS_JSON): which tests failed under each fault;
 - `<llama-bench file stem>.provenance.json` beside a llama-bench file: our side of that run.
 
 A file's machine is its own label (G4C_MACHINE when it was written) or, for files without
@@ -58,6 +60,8 @@ class Results:
     conformance: list[dict] = field(default_factory=list)  # {"machine", "file", "doc"}
     bench: list[dict] = field(default_factory=list)  # rows as g4c.bench.llama_bench_table takes, and more
     bandwidth: dict = field(default_factory=dict)  # machine -> {"bytes_per_s", "method", "device"}
+    ops: list[dict] = field(default_factory=list)  # op-perf runs: {"column", "file", "doc"}
+    faults: list[dict] = field(default_factory=list)  # fault-catch runs: {"machine", "file", "doc"}
     # file name -> {"kind", "machine", "provenance" (None: recorded before provenance), and
     # "created": the date the file itself records, for files without provenance}
     sources: dict = field(default_factory=dict)
@@ -83,6 +87,13 @@ def load(inputs) -> Results:
             continue
         if f.name.endswith(SIDECAR):
             sidecars[f.name.removesuffix(SIDECAR) + ".json"] = (f.name, doc)
+        elif isinstance(doc, dict) and doc.get("kind") == "op-perf":
+            _load_op_perf(res, f, doc)
+        elif isinstance(doc, dict) and doc.get("kind") == "fault-catches":
+            prov = doc.get("provenance") or {}
+            machine = prov.get("machine", {}).get("label") or _label_from_name(f)
+            res.faults.append({"machine": machine, "file": f.name, "doc": doc})
+            _source(res, f, "fault catches", machine, doc.get("created"), prov)
         elif isinstance(doc, dict) and doc.get("suite") == "gemma4-conformance":
             _load_conformance(res, f, doc)
         elif isinstance(doc, dict) and "benchmarks" in doc and "machine_info" in doc:
@@ -114,6 +125,61 @@ def _load_conformance(res: Results, f: Path, doc: dict) -> None:
     machine = next((m["label"] for m in labels if m.get("label")), None) or _label_from_name(f)
     res.conformance.append({"machine": machine, "file": f.name, "doc": doc})
     _source(res, f, "conformance", machine, doc.get("created"), doc.get("provenance"))
+
+
+def _load_op_perf(res: Results, f: Path, doc: dict) -> None:
+    prov = doc.get("provenance") or {}
+    machine = prov.get("machine", {}).get("label") or _label_from_name(f)
+    settings = prov.get("runtimes", {}).get(doc["runtime"], {}).get("settings", {})
+    path = f", {settings['path']} path" if settings.get("path") else ""
+    res.ops.append({"column": f"{doc['runtime']}{path} ({machine})", "file": f.name, "doc": doc,
+                    "device": settings.get("device", "")})
+    _source(res, f, "op-perf", machine, doc.get("created"), prov)
+
+
+def op_table(res: Results) -> dict:
+    """Op cases as rows (in the list's order), runs as columns: GB/s of each case that
+    computed its expected output, else its outcome."""
+    columns = [r["column"] for r in res.ops]
+    rows: dict[str, dict] = {}
+    for j, run in enumerate(res.ops):
+        for c in run["doc"]["cases"]:
+            row = rows.setdefault(c["id"], {"id": c["id"], "op": c["op"], "bytes": c["bytes"], "cells": [None] * len(columns)})
+            if c["outcome"] == "passed":
+                shown, title = f"{c['gb_per_s']:.3g}", f"best {c['best_s'] * 1e6:.1f} us, {c['gflop_per_s']:.3g} GFLOP/s, NMSE {c['nmse']:.2g}"
+            else:
+                shown, title = c["outcome"].replace("_", " "), c.get("reason") or c.get("message") or ""
+            row["cells"][j] = {"outcome": c["outcome"], "shown": shown, "title": title}
+    return {"columns": columns, "devices": [r["device"] for r in res.ops], "rows": list(rows.values())}
+
+
+def catch_matrix(res: Results) -> dict | None:
+    """The newest fault-catch run as a matrix: one row per fault (its bug class, whether
+    every named test failed), one column per conformance module, a cell counting the
+    module's named tests that failed under the fault (hover: node ids and first messages)."""
+    if not res.faults:
+        return None
+    run = max(res.faults, key=lambda r: r["doc"].get("created") or "")
+    faults = run["doc"]["faults"]
+    module = lambda nid: nid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")  # noqa: E731
+    modules = sorted({module(nid) for f in faults for nid in f["caught_by"]})
+    rows = []
+    for f in faults:
+        cells = []
+        for m in modules:
+            mine = {nid: o for nid, o in f["outcomes"].items() if module(nid) == m}
+            if not mine:
+                cells.append(None)
+                continue
+            failed = sum(o["outcome"] == "failed" for o in mine.values())
+            title = "\n".join(f"{nid.split('::', 1)[1]}: {o['outcome']}"
+                               + (f" ({(o.get('message') or '')[:160]})" if o.get("message") else "") for nid, o in mine.items())
+            cells.append({"outcome": "passed" if failed == len(mine) else "failed", "shown": f"{failed}/{len(mine)}",
+                          "title": title})
+        rows.append({"name": f["name"], "what": f["what"], "bug_class": f.get("bug_class", ""), "caught": f["caught"],
+                     "cells": cells})
+    return {"machine": run["machine"], "file": run["file"], "modules": modules, "rows": rows,
+            "caught": sum(r["caught"] for r in rows), "total": len(rows)}
 
 
 def _load_pytest_benchmark(res: Results, f: Path, doc: dict) -> None:
@@ -484,7 +550,7 @@ def build(inputs, out: Path, code: dict | None = None) -> dict:
         created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), code=code, short=_short(code["commit"]),
         counts=counts(df), matrix=matrix(df), runs=column_runs(res, df, code), not_run=not_run(res), plots=plots,
         bench=bench_rows, bandwidth=res.bandwidth, markdown=llama_bench_table(bench_rows) if bench_rows else "",
-        sources=source_rows(res, code), ignored=res.ignored)
+        sources=source_rows(res, code), ignored=res.ignored, ops=op_table(res), catches=catch_matrix(res))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(html)

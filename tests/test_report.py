@@ -161,6 +161,50 @@ def test_llama_bench_takes_its_provenance_sidecar(tmp_path):
     assert "⚠ ccccccc," in out.read_text()  # beside every row of that file
 
 
+def test_op_perf_runs_become_a_table_of_gb_per_s(tmp_path):
+    """An op-perf file (python -m g4c.opcases --perf --json) is read as such, not taken for
+    conformance results: its cases are rows, the run a column, a case that failed its check
+    shows the outcome instead of a speed."""
+    prov = _provenance(REPORT_CODE["commit"], False, {"vulkan": {"available": True, "reason": "",
+                                                                  "settings": {"device": "llvmpipe", "path": "wide"}}})
+    case = {"op": "matvec", "params": {}, "bytes": 1000, "flops": 500}
+    doc = {"suite": "gemma4-conformance", "kind": "op-perf", "format": 1, "created": "2026-11-28T00:00:00Z", "provenance": prov,
+           "runtime": "vulkan", "repeat": 5,
+           "cases": [{**case, "id": "matvec-Q4_0-67x288-n1", "outcome": "passed", "nmse": 1e-14, "best_s": 1e-6,
+                      "gb_per_s": 1.0, "gflop_per_s": 0.5},
+                     {**case, "id": "attention-full-d16", "outcome": "failed", "message": "NMSE 0.5 at head 0"}]}
+    (tmp_path / "ops-vulkan-m1.json").write_text(json.dumps(doc))
+    out = tmp_path / "index.html"
+    build.build([tmp_path], out, code=REPORT_CODE)
+    res = build.load([tmp_path])
+    assert not res.conformance and not res.ignored
+    table = build.op_table(res)
+    assert table["columns"] == ["vulkan, wide path (m1)"]
+    assert [r["cells"][0]["shown"] for r in table["rows"]] == ["1", "failed"]
+    html = out.read_text()
+    assert 'id="op-table"' in html and "NMSE 0.5 at head 0" in html
+
+
+def test_fault_catches_become_a_matrix(tmp_path):
+    """tests/test_faults.py's G4C_FAULTS_JSON: one row per fault, one column per module of
+    the named tests, a fault that a named test did not catch shown as such."""
+    nid = "conformance/test_dense.py::test_dense_logits[cpu-12b-like]"
+    shape = "conformance/test_shapes.py::test_shape[cpu-hd16-32-g2-w7]"
+    fault = {"what": "w", "bug_class": "GQA head mapping", "seconds": 2.0}
+    doc = {"suite": "gemma4-conformance", "kind": "fault-catches", "format": 1, "created": "2026-11-28T00:00:00Z",
+           "provenance": _provenance(REPORT_CODE["commit"], False, {}),
+           "faults": [{**fault, "name": "gqa-modulo", "caught_by": [nid, shape], "caught": False,
+                       "outcomes": {nid: {"outcome": "failed", "message": "layer 0 attn_out"},
+                                    shape: {"outcome": "passed", "message": None}}}]}
+    (tmp_path / "faults-m1.json").write_text(json.dumps(doc))
+    out = tmp_path / "index.html"
+    build.build([tmp_path], out, code=REPORT_CODE)
+    m = build.catch_matrix(build.load([tmp_path]))
+    assert m["modules"] == ["test_dense", "test_shapes"] and (m["caught"], m["total"]) == (0, 1)
+    assert [(c["shown"], c["outcome"]) for c in m["rows"][0]["cells"]] == [("1/1", "passed"), ("0/1", "failed")]
+    assert 'id="catch-table"' in out.read_text()
+
+
 def test_unknown_files_are_listed_not_used(tmp_path):
     (tmp_path / "other.json").write_text('{"a": 1}')
     (tmp_path / "broken.json").write_text("{")
