@@ -99,6 +99,21 @@ for _rt, _extras in RUNTIMES.items():
     nox.session(name=f"conformance-{_rt}")(_conformance(_rt, _extras))
 
 
+@nox.session(name="real-dims")
+def real_dims(session):
+    """The 12b preset (3840 wide, FFN 15360, vocab 262144, 48 layers) against the float64
+    reference's committed goldens (fixtures/golden/12b-q4_0.json), outside the default run.
+    Generates the 7 GB fixture first if absent (about 40 s on 2 cores); cpu and vulkan on
+    lavapipe then take about 4 minutes. Extra arguments replace --runtime cpu:
+    nox -s real-dims -- --runtime cpu --runtime vulkan. A runtime whose memory plan does not
+    fit is skipped with its figures; a runtime named that passes nothing fails the session."""
+    session.install("-e", ".[dev]")
+    os.makedirs("reports/out", exist_ok=True)
+    session.run("python", "-m", "pytest", "conformance/test_real_dims.py", "-p", "no:cacheprovider",
+                *(session.posargs or ["--runtime", "cpu"]),
+                "--results-json", f"reports/out/real-dims-{_machine()}.json", env={"G4C_REAL_DIMS": "1"})
+
+
 @nox.session(name="parity-llamacpp")
 def parity_llamacpp(session):
     """Build llama.cpp (llama-cpp-python's sdist), write its goldens live into

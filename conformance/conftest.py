@@ -50,6 +50,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds on 2 cores")
     config.addinivalue_line("markers", "real_weights: the real Gemma 3 270M; several GB of float64 reference, run last")
+    config.addinivalue_line("markers", "real_dims: the 12b preset against committed goldens; only with G4C_REAL_DIMS=1")
     asked = config.getoption("--runtime")
     try:
         config._g4c_runtimes = registry.select(asked)

@@ -269,19 +269,25 @@ def quantize(weights: np.ndarray, qtype: QT) -> np.ndarray:
 
 
 def random_blocks(rng: np.random.Generator, n_rows: int, n_cols: int, qtype: QT, std: float) -> np.ndarray:
-    """Valid random blocks whose weights have roughly standard deviation `std`, written
-    directly (no float weights, no quantization): how the 12B-sized preset stays fast."""
+    """Valid random blocks whose weights have roughly standard deviation `std` and mean 0,
+    written directly (no float weights, no quantization): how the 12B-sized preset stays fast.
+
+    Uniform random codes are not centred: Q4_0's nibbles 0..15 stand for -8..7, Q8_0's and
+    Q6_K's codes likewise, a mean of -0.5 steps. With every scale positive, each matrix then
+    carries a common all-ones component, which over 48 layers took 99.6% of the residual
+    stream's energy: every position gave the same logits, and an attention bug moved them by
+    nothing a test could see. Each block's (Q6_K: sub-block's) scale gets a random sign."""
     lay = layout(qtype)
     nb = n_rows * n_cols // lay.block_size
     raw = np.frombuffer(rng.bytes(nb * lay.type_size), np.uint8).reshape(nb, lay.type_size).copy()
-    if lay.qtype == QT.Q4_0:
-        # uniform nibbles in 0..15 minus 8 have std 4.6
-        raw[:, 0:2] = _f16_bytes(np.full(nb, std / 4.6, np.float32))
-    elif lay.qtype == QT.Q8_0:
-        raw[:, 0:2] = _f16_bytes(np.full(nb, std / 73.9, np.float32))
+    if lay.qtype in (QT.Q4_0, QT.Q8_0):
+        # uniform nibbles in 0..15 minus 8 have std 4.6; uniform int8, 73.9
+        sign = rng.choice(np.array([-1.0, 1.0], np.float32), nb)
+        raw[:, 0:2] = _f16_bytes(sign * np.float32(std / (4.6 if lay.qtype == QT.Q4_0 else 73.9)))
     elif lay.qtype == QT.Q6_K:
-        # uniform q in -32..31 has std 18.5; sub-block scales 1..8, mean square 25.5
-        raw[:, 192:208] = (raw[:, 192:208] % 8 + 1)
+        # uniform q in -32..31 has std 18.5; sub-block scales +-(1..8), mean square 25.5
+        sign = rng.choice(np.array([-1, 1], np.int16), (nb, 16))
+        raw[:, 192:208] = ((raw[:, 192:208] % 8 + 1).astype(np.int16) * sign).astype(np.int8).view(np.uint8)
         raw[:, 208:210] = _f16_bytes(np.full(nb, std / (18.5 * 5.05), np.float32))
     else:
         raise UnsupportedQuantError(f"random blocks are not implemented for {lay.qtype.name}")
