@@ -6,6 +6,7 @@ A 7 GB file is never read whole: tensors are numpy memmap views of the file, and
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -111,6 +112,57 @@ def check_header(path: str) -> None:
             f"{path}: header claims {n_tensors} tensors and {n_kv} key/values, which need at least "
             f"{need} bytes; the file has {size} (corrupt counts or a truncated file)"
         )
+    with open(path, "rb") as f:
+        _check_kv_lengths(path, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), n_kv)
+
+
+# bytes of each GGUF scalar value type (gguf.GGUFValueType: 8 is a string, 9 an array)
+SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+STRING, ARRAY = 8, 9
+
+
+def _check_kv_lengths(path: str, buf, n_kv: int) -> None:
+    """Walk the key/value section, checking every length and count against the bytes left
+    before reading on, so that gguf's reader never loops over (or builds a view for each of)
+    2^31 claimed array entries that a 40 KB file cannot hold."""
+    end, pos = len(buf), 24
+
+    def take(n: int, what: str) -> int:
+        nonlocal pos
+        if n > end - pos:
+            raise GGUFFormatError(f"{path}: {what} at byte {pos} needs {n} bytes; {end - pos} are left "
+                                  "(a corrupt length or count, or a truncated file)")
+        pos += n
+        return pos - n
+
+    def u64(what: str) -> int:
+        return int.from_bytes(buf[take(8, what):pos], "little")
+
+    def value(vtype: int, what: str, depth: int = 0) -> None:
+        if vtype in SCALAR_BYTES:
+            take(SCALAR_BYTES[vtype], what)
+        elif vtype == STRING:
+            take(u64(f"{what}: string length"), f"{what}: string")
+        elif vtype == ARRAY and depth == 0:
+            etype = int.from_bytes(buf[take(4, f"{what}: array type"):pos], "little")
+            count = u64(f"{what}: array count")
+            if etype in SCALAR_BYTES:
+                take(count * SCALAR_BYTES[etype], f"{what}: {count} array entries")
+            elif etype == STRING:
+                if count * 8 > end - pos:  # a string takes at least its 8-byte length: bounds the loop
+                    take(count * 8, f"{what}: {count} strings")
+                for i in range(count):
+                    take(u64(f"{what}[{i}]: string length"), f"{what}[{i}]: string")
+            else:
+                raise GGUFFormatError(f"{path}: {what}: array of value type {etype}, which this suite does not read")
+        else:
+            raise GGUFFormatError(f"{path}: {what}: value type {vtype} is not a GGUF type")
+
+    for i in range(n_kv):
+        name_len = u64(f"key/value {i}: name length")
+        name = bytes(buf[take(name_len, f"key/value {i}: name"):pos][:120]).decode("utf-8", "replace")
+        vtype = int.from_bytes(buf[take(4, f"key {name!r}: value type"):pos], "little")
+        value(vtype, f"key {name!r}")
 
 
 def _explain(e: Exception) -> str:

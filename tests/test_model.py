@@ -131,3 +131,17 @@ def test_unknown_type_number_refused(tiny_path, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(GGUFFormatError, match="type999.gguf: .*999"):
         Model(bad)
+
+
+def test_huge_array_count_refused_before_reading(tmp_path):
+    """A string array whose count says 2^31 in a 40 KB file: refused by name before gguf's
+    reader loops over the claimed entries (it built a view per entry, 24 GB and minutes
+    later, on a case the fuzz test found)."""
+    data = bytearray(fixtures.ensure("micro").read_bytes())
+    key = b"tokenizer.ggml.tokens"
+    at = data.index(key) + len(key) + 4 + 4  # past the name, the value type (array) and the entry type (string)
+    data[at:at + 8] = (2**31).to_bytes(8, "little")
+    path = tmp_path / "huge-count.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(GGUFFormatError, match=r"key 'tokenizer\.ggml\.tokens': 2147483648 strings"):
+        Model(path)  # the walk's message: gguf's reader never ran
