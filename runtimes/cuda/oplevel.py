@@ -21,7 +21,7 @@ from g4c.errors import UnsupportedModelError
 from g4c.opcases import OpCase, timed
 from g4c.rope import inv_freq_f32
 
-from .runtime import ATT_KEYS_PER_SPLIT, ATT_MAX_D, ATT_MAX_SPLIT, ATT_WARPS
+from .runtime import ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT, ATT_WARPS, head_dim_refusal
 
 F32 = np.float32
 
@@ -97,8 +97,8 @@ def _rope(k, case: OpCase, inputs: dict):
 def _attention(k, case: OpCase, inputs: dict):
     cp = k.cp
     d, H, Hkv, n = case.d, case.heads, case.kv_heads, case.n
-    if d % 32 or d > ATT_MAX_D:
-        raise UnsupportedModelError(f"head dim {d}: the cuda attention kernel takes multiples of 32 up to {ATT_MAX_D}")
+    if head_dim_refusal(d):
+        raise UnsupportedModelError(head_dim_refusal(d))
     kpos = inputs["kpos"].astype(np.int64)
     base, p0 = case.key_base, case.pos
     cached = kpos[:-n]  # the keys before the first query; the queries' own come from the batch

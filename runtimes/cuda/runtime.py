@@ -47,6 +47,14 @@ GROUPS = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "attn_output": ("attn_outp
 NORM_THREADS = 256  # threads of a row-norm block (qkv_prep uses 128: a head has at most 512 values)
 
 
+
+def head_dim_refusal(d: int) -> str | None:
+    """Why the attention kernel cannot take head dim d (the session's load check and the op
+    cases both ask), or None."""
+    if d % 32 or d > ATT_MAX_D:
+        return f"head dim {d}: the cuda attention kernel takes multiples of 32 up to {ATT_MAX_D}"
+    return None
+
 def stacks(model: Model, s: LayerSpec) -> dict[str, list[list[Weight]]]:
     """Each group's tensors of layer s, in runs of one format and width that stack into one
     matrix (a group mixing formats takes more than one launch). A missing tensor raises the
@@ -255,9 +263,9 @@ class CudaSession(Session):
                 raise UnsupportedModelError(f"{model.path}: tensor {w.name}: rows of {w.n_cols} values: the cuda matrix "
                                             "kernels take rows of whole units of 32 values")
         for s in c.layers:
-            if s.head_dim % 32 or s.head_dim > ATT_MAX_D:
-                raise UnsupportedModelError(f"{model.path}: layer {s.index} head dim {s.head_dim}: the cuda attention "
-                                            f"kernel takes multiples of 32 up to {ATT_MAX_D}")
+            why = head_dim_refusal(s.head_dim)
+            if why:
+                raise UnsupportedModelError(f"{model.path}: layer {s.index} {why}")
         self.k, self.cp = k, k.cp
         cp = self.cp
         free = cp.cuda.runtime.memGetInfo()[0]

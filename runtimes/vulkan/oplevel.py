@@ -20,7 +20,7 @@ from g4c.errors import UnsupportedModelError
 from g4c.opcases import OpCase, timed
 from g4c.rope import inv_freq_f32
 
-from .runtime import GELU_MUL, MAX_HEAD_DIM, PAD, SOFTCAP, UBATCH, _grid, matrix_kernel
+from .runtime import GELU_MUL, PAD, SOFTCAP, UBATCH, _grid, head_dim_refusal, matrix_kernel
 
 F32 = np.float32
 
@@ -112,8 +112,8 @@ def _prepare(dev, bufs: _Buffers, case: OpCase, inputs: dict):
 
 def _attention(dev, bufs: _Buffers, case: OpCase, inputs: dict):
     d, H, Hkv, n = case.d, case.heads, case.kv_heads, case.n
-    if d % 2 or d > MAX_HEAD_DIM:
-        raise UnsupportedModelError(f"head dim {d}: the vulkan attention shaders take even head dims up to {MAX_HEAD_DIM}")
+    if head_dim_refusal(d):
+        raise UnsupportedModelError(head_dim_refusal(d))
     kpos = inputs["kpos"].astype(np.int64)
     if case.window:
         if n > UBATCH:

@@ -45,6 +45,14 @@ INPUTS = ("x", "tok", "slot_swa", "slot_full", "cs_swa", "cs_full")  # written b
 PAD = 16  # bytes after every weight buffer: the wide path reads one 64-bit word past a span
 
 
+def head_dim_refusal(d: int) -> str | None:
+    """Why the attention shaders cannot take head dim d (the session's load check and the op
+    cases both ask), or None."""
+    if d % 2 or d > MAX_HEAD_DIM:
+        return f"head dim {d}: the vulkan attention shaders take even head dims up to {MAX_HEAD_DIM}"
+    return None
+
+
 def matrix_kernel(dev, wide: bool, qtype, rows: int, n: int) -> tuple[str, dict, tuple[int, int, int]]:
     """Shader, defines and workgroups for y = W x over n vectors: matvec up to MAX_MATVEC_SEQ
     (weights read once for all n), else the tiled matmul; baseline or wide path."""
@@ -174,9 +182,9 @@ class VulkanSession(Session):
         for s in c.layers:  # the shaders index heads assuming an even split
             if c.n_head % s.n_head_kv:
                 raise G4CError(f"{model.path}: layer {s.index}: {c.n_head} heads do not split over {s.n_head_kv} KV heads")
-            if s.head_dim % 2 or s.head_dim > MAX_HEAD_DIM:
-                raise UnsupportedModelError(f"{model.path}: layer {s.index} ({s.kind}) head dim {s.head_dim}: the vulkan "
-                                            f"attention shaders take even head dims up to {MAX_HEAD_DIM}")
+            why = head_dim_refusal(s.head_dim)
+            if why:
+                raise UnsupportedModelError(f"{model.path}: layer {s.index} ({s.kind}) {why}")
         self.mat: dict[str, _Matrix] = {}
         for w in [*model.layer_matrices(), model.output_weight]:
             quants.layout(w.qtype, f"{model.path}: {w.name}")
