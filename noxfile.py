@@ -61,7 +61,7 @@ def tests(session):
     for rt in ("cpu", "vulkan"):
         session.run("python", "-m", "g4c.opcases", "--perf", "--runtime", rt, "--json", f"reports/out/ops-{rt}-{label}.json",
                     env={"G4C_MACHINE": label})
-    session.run("python", "-m", "reports.build")
+    session.run("python", "-m", "g4c.reports.build")
     session.run("python", "-m", "pytest", "tests/test_report.py", "-k", "browser", "-p", "no:cacheprovider",
                 env={"G4C_REPORT": "reports/out/index.html", "G4C_REPORT_SCREENSHOT": "reports/out/report.png"})
 
@@ -81,7 +81,7 @@ def bench(session):
 def report(session):
     """reports/out/index.html from every result file in reports/data and reports/out."""
     session.install("-e", ".[dev]")
-    session.run("python", "-m", "reports.build", *session.posargs)
+    session.run("python", "-m", "g4c.reports.build", *session.posargs)
 
 
 def _conformance(runtime, extras):
@@ -121,7 +121,7 @@ def parity_llamacpp(session):
     five weight types and the real Gemma 3 270M, greedy tokens, top-1, tokenizer ids."""
     session.install("-e", ".[dev,llamacpp]", env={"CMAKE_ARGS": LLAMACPP_CMAKE})
     live = "reports/out/llamacpp-goldens"
-    session.run("python", "-m", "fixtures.llamacpp", "--out", live)
+    session.run("python", "-m", "g4c.fixtures.llamacpp", "--out", live)
     env = {"G4C_LLAMACPP_GOLDENS": live}
     session.run("python", "-m", "pytest", "tests/test_tokenizer.py", *session.posargs, env=env)
     session.run("python", "-m", "pytest", "conformance/test_llamacpp_parity.py", "--results-json",
@@ -135,7 +135,7 @@ def parity_transformers(session):
     reports/out/transformers-goldens, and hold the float64 reference to them."""
     session.install("-e", ".[transformers]")
     live = "reports/out/transformers-goldens"
-    session.run("python", "-m", "fixtures.transformers_oracle", "--out", live)
+    session.run("python", "-m", "g4c.fixtures.transformers_oracle", "--out", live)
     session.run("python", "-m", "pytest", "tests/test_transformers_oracle.py", "-p", "no:cacheprovider", "-rA",
                 *session.posargs, env={"G4C_TRANSFORMERS_GOLDENS": live})
 

@@ -24,7 +24,7 @@ import platform
 
 import pytest
 
-from conformance.harness import available_or_skip
+from g4c.conformance.harness import available_or_skip
 from g4c import bench, provenance
 from g4c import runtime as registry
 from g4c.errors import G4CError
@@ -34,13 +34,7 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def pytest_addoption(parser):
-    g = parser.getgroup("gemma4-conformance benchmarks")
-    g.addoption("--bench-model", default=None, help="fixture preset or GGUF path (env G4C_BENCH_MODEL; default tiny)")
-    g.addoption("--bench-runtime", action="append", default=[], help="runtime to benchmark (repeatable; env G4C_BENCH_RUNTIME)")
-    g.addoption("--bench-depths", default=None, help="decode depths, comma-separated (env G4C_BENCH_DEPTHS)")
-    g.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (env G4C_BENCH_ROUNDS)")
-    g.addoption("--bench-machine", default=None, help="machine label for merged reports (env G4C_MACHINE)")
+# the options (--runtime, ...): g4c/pytest_options.py, a pytest11 entry point
 
 
 def pytest_configure(config):
@@ -78,8 +72,8 @@ def bench_model(request):
     spec = request.config.getoption("--bench-model") or _env("G4C_BENCH_MODEL", "tiny")
     if os.path.exists(spec):
         return Model(spec)
-    import fixtures
-    from fixtures.generate import PRESETS
+    from g4c import fixtures
+    from g4c.fixtures.generate import PRESETS
 
     if spec not in PRESETS:
         raise pytest.UsageError(f"--bench-model {spec!r} is neither a file nor a fixture preset ({', '.join(PRESETS)})")

@@ -19,7 +19,7 @@ GROUPS = 512
 
 @pytest.fixture(scope="module")
 def probe():
-    from runtimes.vulkan.device import Device
+    from g4c.runtimes.vulkan.device import Device
 
     try:
         dev = Device()

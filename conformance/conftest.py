@@ -30,21 +30,13 @@ from g4c import tolerance
 from g4c.cases import Case
 from g4c.errors import G4CError
 
-from .harness import NOT_SUPPORTED, available_or_skip
+from g4c.conformance.harness import NOT_SUPPORTED, available_or_skip
 
 DEPARTURE = "departure:"
 OUTCOMES = ("passed", "failed", "departure", "skipped", "not_supported")
 
 
-def pytest_addoption(parser):
-    g = parser.getgroup("gemma4-conformance")
-    g.addoption("--runtime", action="append", default=[], help="runtime to test (repeatable); default: all registered")
-    g.addoption("--fault", default=None, help="inject a deliberate bug into the cpu runtime (see conformance/faults.py)")
-    g.addoption("--results-json", default=None, help="write outcomes and metrics per test to this file")
-    g.addoption("--model", default=None, help="a user's GGUF (e.g. the real 12B) to check against the reference too")
-    g.addoption("--case", action="append", default=[],
-                help="run only these cases (repeatable): a test module or test name, optionally with parameter "
-                     "values, e.g. 'test_batched_decode_equals_single[n_seq=2]' (g4c.cases)")
+# the options (--runtime, ...): g4c/pytest_options.py, a pytest11 entry point
 
 
 def pytest_configure(config):
@@ -63,7 +55,7 @@ def pytest_configure(config):
         raise pytest.UsageError(str(e)) from None
     fault = config.getoption("--fault")
     if fault:
-        from conformance import faults
+        from g4c.conformance import faults
 
         if fault not in faults.FAULTS:
             raise pytest.UsageError(f"unknown fault {fault!r} (known: {', '.join(faults.FAULTS)})")

@@ -61,7 +61,7 @@ def _ids(module: str, test: str, *params: str) -> tuple[str, ...]:
 
 
 def _cpu():
-    from runtimes.cpu import runtime
+    from g4c.runtimes.cpu import runtime
 
     return runtime
 
@@ -570,7 +570,7 @@ def catalogue() -> list[dict]:
 
 
 def apply(name: str, monkeypatch) -> Fault:
-    from runtimes.cpu import ops
+    from g4c.runtimes.cpu import ops
 
     fault = FAULTS[name]
     fault.patch(ops, monkeypatch)

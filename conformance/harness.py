@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-import fixtures
+from g4c import fixtures
 from g4c.model import Model
 from g4c.reference import Reference
 from g4c.runtime import capabilities

@@ -5,7 +5,7 @@ import pytest
 
 from g4c.compare import assert_logits_close
 
-from .harness import load_model, prompt
+from g4c.conformance.harness import load_model, prompt
 
 
 @pytest.mark.parametrize("n_seq", [2, 4])

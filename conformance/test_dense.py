@@ -9,7 +9,7 @@ import pytest
 
 from g4c.compare import assert_logits_close
 
-from .harness import check_logits, load_model, prompt, reference_logits
+from g4c.conformance.harness import check_logits, load_model, prompt, reference_logits
 
 VARIANTS = {
     "12b-like": {},
@@ -126,7 +126,7 @@ def test_layer_divergence(runtime, tol, metric):
     from g4c.compare import nmse
     from g4c.reference import TRACE_OPS
 
-    from .harness import traces
+    from g4c.conformance.harness import traces
 
     model = load_model("schema")
     ref_trace, got_trace = traces(runtime, model, prompt(16, model.n_vocab, seed=9))

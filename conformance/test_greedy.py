@@ -5,11 +5,11 @@ agreement against the live reference, reported for every runtime."""
 import numpy as np
 import pytest
 
-from fixtures import golden
+from g4c.fixtures import golden
 from g4c.compare import assert_logits_close
 from g4c.reference import argmax_allowed
 
-from .harness import load_model, reads_type, reference_logits
+from g4c.conformance.harness import load_model, reads_type, reference_logits
 
 
 def greedy(runtime, model, prompt, n):

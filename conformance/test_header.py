@@ -9,7 +9,7 @@ import pytest
 
 from g4c.header import render
 
-from .harness import check_logits, load_model, prompt
+from g4c.conformance.harness import check_logits, load_model, prompt
 
 FULL_12B = (5, 11, 17, 23, 29, 35, 41, 47)
 

@@ -5,7 +5,7 @@ import pytest
 
 from g4c.errors import InputError
 
-from .harness import load_model, prompt
+from g4c.conformance.harness import load_model, prompt
 
 
 @pytest.fixture

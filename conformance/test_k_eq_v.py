@@ -5,7 +5,7 @@ import pytest
 
 from g4c.compare import nmse
 
-from .harness import check_logits, load_model, prompt, traces
+from g4c.conformance.harness import check_logits, load_model, prompt, traces
 
 
 @pytest.mark.parametrize("preset", ["tiny", "schema"])

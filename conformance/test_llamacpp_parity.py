@@ -22,13 +22,13 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from fixtures import golden, llamacpp
+from g4c.fixtures import golden, llamacpp
 from g4c.model import Model
 from g4c.reference import argmax_allowed
 
-from . import harness
-from .harness import load_model, reads_type, reference_logits
-from .test_greedy import greedy
+from g4c.conformance import harness
+from g4c.conformance.harness import load_model, reads_type, reference_logits
+from g4c.conformance.test_greedy import greedy
 
 
 def _parity(runtime, tol, metric, model, gold):
@@ -72,7 +72,7 @@ def test_llamacpp_golden(runtime, tol, metric, preset, qtype):
     model = load_model(preset, qtype)
     assert golden.sha256(model.path) == gold["model"]["sha256"], (
         f"{model.path} differs from the file llama.cpp's golden was made from ({gold['model']['file']}); "
-        "regenerate with python -m fixtures.llamacpp after a deliberate generator change")
+        "regenerate with python -m g4c.fixtures.llamacpp after a deliberate generator change")
     _parity(runtime, tol, metric, model, gold)
 
 

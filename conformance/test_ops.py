@@ -14,7 +14,7 @@ import pytest
 from g4c.errors import UnsupportedModelError
 from g4c.opcases import BY_ID, compare, prepared, unsupported
 
-from .harness import NOT_SUPPORTED
+from g4c.conformance.harness import NOT_SUPPORTED
 
 
 @pytest.mark.parametrize("opcase", list(BY_ID))

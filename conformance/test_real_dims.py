@@ -1,6 +1,6 @@
 """The real dims: every runtime on the `12b` preset (3840 wide, FFN 15360, a 262144-row Q6_K
 tied head, 48 layers of Q4_0) against the float64 reference's committed goldens
-(fixtures/golden/12b-q4_0.json, written by python -m fixtures.golden12b).
+(fixtures/golden/12b-q4_0.json, written by python -m g4c.fixtures.golden12b).
 
 Off by default (a 7 GB fixture, minutes per runtime): G4C_REAL_DIMS=1 runs it
 (`nox -s real-dims`). Without the fixture on disk the test generates it (about 40 s and
@@ -41,15 +41,15 @@ import time
 import numpy as np
 import pytest
 
-from fixtures import generate, golden12b
-from fixtures.golden import sha256
+from g4c.fixtures import generate, golden12b
+from g4c.fixtures.golden import sha256
 from g4c.compare import nmse
 from g4c.errors import InputError
 from g4c.model import Model
 from g4c.plan import GIB, available_host_memory, check_fits
 from g4c.runtime import capabilities, has_method
 
-from .harness import reads_type, release_memory
+from g4c.conformance.harness import reads_type, release_memory
 
 ENABLED = os.environ.get("G4C_REAL_DIMS") == "1"
 pytestmark = [
@@ -90,7 +90,7 @@ def real12b(golden):
         generated_s = time.perf_counter() - t
     if path.name != fx["file"] or sha256(path) != fx["sha256"]:
         pytest.fail(f"{path} is not the file the 12b goldens were made from ({fx['file']}, sha256 "
-                    f"{fx['sha256'][:12]}...): the generator changed; regenerate with python -m fixtures.golden12b")
+                    f"{fx['sha256'][:12]}...): the generator changed; regenerate with python -m g4c.fixtures.golden12b")
     yield Model(path), generated_s
     _drop_session()
 

@@ -16,7 +16,7 @@ import pytest
 from g4c.compare import assert_logits_close, nmse
 from g4c.tolerance import long_position_allowance
 
-from .harness import load_model, prompt, reference_logits, run_prefill
+from g4c.conformance.harness import load_model, prompt, reference_logits, run_prefill
 
 POSITIONS = [4096, 32768, 131072, 262143]
 N = 8

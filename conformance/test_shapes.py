@@ -11,12 +11,12 @@ more one at a time, each step against the reference at its position.
 import numpy as np
 import pytest
 
-from fixtures import sweep
+from g4c.fixtures import sweep
 from g4c.compare import assert_logits_close
 from g4c.errors import UnsupportedModelError
 from g4c.runtime import capabilities
 
-from .harness import NOT_SUPPORTED, load_model, prompt, reads_type, reference_logits
+from g4c.conformance.harness import NOT_SUPPORTED, load_model, prompt, reads_type, reference_logits
 
 PREFILL, DECODE = 16, 6
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from g4c.header import render
 
-from .harness import check_logits
+from g4c.conformance.harness import check_logits
 
 
 def _prompt(model, n):
@@ -37,7 +37,7 @@ def test_user_model_long_position(runtime, tol, metric, user_model):
 
     from g4c.compare import assert_logits_close
 
-    from .harness import reference_logits, run_prefill
+    from g4c.conformance.harness import reference_logits, run_prefill
 
     toks = _prompt(user_model, 4)
     start = min(user_model.config.n_ctx_train, 131072) - len(toks)

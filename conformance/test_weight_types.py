@@ -10,7 +10,7 @@ from gguf import quants as gguf_quants
 
 from g4c import quants
 
-from .harness import check_logits, load_model, prompt, reads_type
+from g4c.conformance.harness import check_logits, load_model, prompt, reads_type
 
 TYPES = [t.name for t in quants.SUPPORTED_TYPES]
 

@@ -11,7 +11,7 @@ import pytest
 
 from g4c.compare import assert_logits_close
 
-from .harness import load_model, reference_logits, window_prompt
+from g4c.conformance.harness import load_model, reference_logits, window_prompt
 
 EDGE = range(1022, 1027)
 

@@ -150,8 +150,8 @@ def cmd_runtimes(args) -> int:
 
 
 def cmd_fixture(args) -> int:
-    import fixtures
-    from fixtures import generate
+    from g4c import fixtures
+    from g4c.fixtures import generate
 
     if args.out:
         p, qt = generate.resolve(args.preset, args.type)
@@ -227,7 +227,7 @@ def _vocab(model) -> list[str] | None:
 
 
 def cmd_golden(args) -> int:
-    from fixtures import llamacpp
+    from g4c.fixtures import llamacpp
 
     strings = None
     if args.strings:
@@ -244,7 +244,7 @@ def cmd_golden(args) -> int:
 def cmd_run(args) -> int:
     import pytest
 
-    import conformance
+    from g4c import conformance
 
     from .runtime import discover, runs_by_default
 

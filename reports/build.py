@@ -1,7 +1,7 @@
 """Build the HTML report: conformance matrix, throughput, roofline, RoPE drift, per-layer
 divergence, and the llama-bench table, merged from result files of several machines.
 
-    python -m reports.build [--data DIR_OR_FILE ...] [--out reports/out/index.html]
+    python -m g4c.reports.build [--data DIR_OR_FILE ...] [--out reports/out/index.html]
 
 Default inputs: reports/data (committed runs) and reports/out (this machine's fresh runs).
 Understood formats, told apart by their content:

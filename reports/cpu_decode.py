@@ -1,6 +1,6 @@
 """Measure the CPU runtime decoding a model: tokens/s and peak memory, written as JSON.
 
-    python -m reports.cpu_decode MODEL.gguf [--decode 4] [--out reports/data/x.json]
+    python -m g4c.reports.cpu_decode MODEL.gguf [--decode 4] [--out reports/data/x.json]
 
 Peak memory is sampled from /proc/self/status every 50 ms: RssAnon (the runtime's own
 allocations) apart from RssFile (pages of the memory-mapped GGUF, which the kernel can drop
@@ -48,7 +48,7 @@ def main() -> None:
     threading.Thread(target=sample, daemon=True).start()
     from g4c import provenance
     from g4c.model import Model
-    from runtimes.cpu import CpuRuntime
+    from g4c.runtimes.cpu import CpuRuntime
 
     t0 = time.perf_counter()
     model = Model(args.model)

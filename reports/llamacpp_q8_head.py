@@ -1,7 +1,7 @@
 """Why no float engine (and no numpy emulation of llama.cpp) reaches 32/32 greedy parity with
 llama.cpp on the quantized Gemma 3 270M: the probe behind issue 5's note.
 
-    python -m reports.llamacpp_q8_head [--out reports/data/probes/llamacpp-q8-head-devvm.json]
+    python -m g4c.reports.llamacpp_q8_head [--out reports/data/probes/llamacpp-q8-head-devvm.json]
 
 It writes a copy of the 270M with every matrix dequantized to F32 except the Q8_0 token
 embedding (the tied output head), so llama.cpp's only quantized matmul is the head, where
@@ -46,12 +46,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
-    import runtimes.cpu.runtime as cpu_rt
-    from fixtures import llamacpp
-    from fixtures.edit import rewrite
+    import g4c.runtimes.cpu.runtime as cpu_rt
+    from g4c.fixtures import llamacpp
+    from g4c.fixtures.edit import rewrite
     from g4c.model import Model
-    from runtimes.cpu import CpuRuntime
-    from runtimes.llamacpp import LlamaCppRuntime
+    from g4c.runtimes.cpu import CpuRuntime
+    from g4c.runtimes.llamacpp import LlamaCppRuntime
 
     src = llamacpp.gemma3_270m_path()
     if src is None:
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
             print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     if args.out:
         from g4c import provenance
-        from runtimes.llamacpp import LlamaCppRuntime
+        from g4c.runtimes.llamacpp import LlamaCppRuntime
 
         res["provenance"] = provenance.record({"llamacpp": LlamaCppRuntime()})
         with open(args.out, "w") as f:

@@ -1,6 +1,6 @@
 """The memory planner against the CPU runtime's actual allocation, written as JSON.
 
-    python -m reports.plan_check MODEL.gguf --context 8192 --context 32768 --out F.json
+    python -m g4c.reports.plan_check MODEL.gguf --context 8192 --context 32768 --out F.json
 
 For each context the CPU session is loaded with its full-layer caches reserved whole, and
 the bytes it holds (memory_report: mapped weights, dequantized matrices, KV arrays) are set
@@ -15,7 +15,7 @@ import json
 
 from g4c import provenance
 from g4c.model import Model
-from runtimes.cpu import CpuRuntime
+from g4c.runtimes.cpu import CpuRuntime
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 import math
 
-from conformance.harness import load_model
+from g4c.conformance.harness import load_model
 from g4c import bench
 
 

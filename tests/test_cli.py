@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import fixtures
+from g4c import fixtures
 
 
 def g4c(*args, cwd=None):
@@ -38,7 +38,7 @@ def test_errors_are_one_line(tmp_path):
 
 
 def test_generate_greedy_matches_golden():
-    from fixtures import golden
+    from g4c.fixtures import golden
 
     gold = golden.load("tiny", "F32")
     r = g4c("generate", fixtures.ensure("tiny"), "--tokens", ",".join(map(str, gold["prompt"])), "-n", 12)

@@ -32,7 +32,7 @@ BARE = '''
 """An engine from outside: the Protocol's three members and a session, nothing declared."""
 import numpy as np
 from g4c.runtime import Availability
-from runtimes.cpu.runtime import CpuSession  # its forward; the engine exposes none of its extras
+from g4c.runtimes.cpu.runtime import CpuSession  # its forward; the engine exposes none of its extras
 
 
 class BareSession:
@@ -132,7 +132,7 @@ def test_no_module_outside_runtimes_touches_session_privates():
 
 COLLECT = """
 import json, sys, pytest
-from conformance.conftest import case_of
+from g4c.conformance.conftest import case_of
 
 class Collect:
     @pytest.hookimpl(trylast=True)
@@ -216,7 +216,7 @@ def test_malformed_capabilities_are_refused_by_name():
 
 
 def test_kv_plan_slots_and_rewinds():
-    from conformance.harness import load_model
+    from g4c.conformance.harness import load_model
 
     cfg = load_model("tiny").config  # window 32
     sliding, full = cfg.layers[0], cfg.full_layers[0]
@@ -247,10 +247,10 @@ def test_bare_runtime_gets_defaults():
 def test_trace_covers_every_micro_batch():
     """A prefill longer than the cpu runtime's micro-batch of 128 rows traces all its rows, each
     against the float64 reference (a trace of the last micro-batch alone has 2 rows)."""
-    from conformance.harness import load_model, prompt, reference_logits
+    from g4c.conformance.harness import load_model, prompt, reference_logits
     from g4c import tolerance
     from g4c.compare import nmse
-    from runtimes.cpu import CpuRuntime
+    from g4c.runtimes.cpu import CpuRuntime
 
     model = load_model("tiny")
     toks = prompt(130, model.n_vocab, seed=12)

@@ -8,7 +8,7 @@ itself, each with a kernel whose right answer is known without it."""
 import numpy as np
 import pytest
 
-from runtimes.cuda import emu
+from g4c.runtimes.cuda import emu
 
 KERNELS = r"""
 // out[i] = sum over the block of x, through shared memory and a tree of __syncthreads
@@ -128,7 +128,7 @@ def test_build_error_names_the_source():
 
 def test_runtime_kernels_run_without_graphs():
     """The CUDA runtime on the emulator: decode falls back from graph capture and says why."""
-    import fixtures
+    from g4c import fixtures
     from g4c.model import Model
 
     rt = emu.EmulatedCudaRuntime()
@@ -152,7 +152,7 @@ def test_ring_and_window_on_emulated_cuda():
     conformance subset leaves out the 1026-position window test): a 70-token prefill on the
     tiny preset, whose window of 32 makes the ring keep only the prefill's last 32 keys, then
     decode steps that wrap the ring, against the float64 reference."""
-    from conformance.harness import load_model, prompt, reference_logits
+    from g4c.conformance.harness import load_model, prompt, reference_logits
     from g4c import tolerance
     from g4c.compare import assert_logits_close
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtimes.cuda.runtime import KERNEL_DIR, KERNEL_FILES
+from g4c.runtimes.cuda.runtime import KERNEL_DIR, KERNEL_FILES
 
 ARCHS = ["sm_80", "sm_86", "sm_89", "sm_90"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.faults import FAULTS, catalogue
+from g4c.conformance.faults import FAULTS, catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 _measured: dict = {}

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fixtures
+from g4c import fixtures
 from g4c.errors import G4CError, InputError
 from g4c.model import Model
-from runtimes.cpu import CpuRuntime
+from g4c.runtimes.cpu import CpuRuntime
 
 EXAMPLES = int(os.environ.get("G4C_FUZZ_EXAMPLES", "2000"))
 CASE_SECONDS = 20

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE = """
 import sys, pytest
 import g4c.runtime as r
-from runtimes.cpu import CpuRuntime
+from g4c.runtimes.cpu import CpuRuntime
 class Absent:
     name = "absent"
     def availability(self): return r.Availability(False, "no such device here")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType as VT
 
-import fixtures
-from fixtures.edit import rewrite
+from g4c import fixtures
+from g4c.fixtures.edit import rewrite
 from g4c.errors import GGUFFormatError, UnsupportedModelError, UnsupportedQuantError
 from g4c.model import Model
 
@@ -80,7 +80,7 @@ def test_unsupported_quant_named_at_load(tiny_path, tmp_path):
     import gguf
     from gguf import GGMLQuantizationType as QT
 
-    from runtimes.cpu import CpuRuntime
+    from g4c.runtimes.cpu import CpuRuntime
 
     q = gguf.quants.quantize(Model(tiny_path).weight("blk.0.attn_q.weight").dequantize(), QT.Q4_1)
     m = Model(rewrite(tiny_path, tmp_path / "q41.gguf", replace_raw={"blk.0.attn_q.weight": (q, QT.Q4_1)}))

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import fixtures
+from g4c import fixtures
 from g4c import plan as planmod
 from g4c.errors import InputError
 from g4c.model import Model
 from g4c.plan import MemoryPlan, kv_bytes, largest_context, parse_bytes
-from runtimes.cpu import CpuRuntime
-from runtimes.cuda.runtime import CudaRuntime
+from g4c.runtimes.cpu import CpuRuntime
+from g4c.runtimes.cuda.runtime import CudaRuntime
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_largest_context_is_the_boundary(memory, per_token, fixed):
 
 def test_cpu_refuses_and_names_largest(schema, monkeypatch):
     budget = CpuRuntime.memory_plan(schema, 20000).total
-    monkeypatch.setattr("runtimes.cpu.runtime.available_host_memory", lambda: budget)
+    monkeypatch.setattr("g4c.runtimes.cpu.runtime.available_host_memory", lambda: budget)
     with pytest.raises(InputError, match=r"max_context 100000 needs .* the largest context that fits is (\d+)") as e:
         CpuRuntime().load(schema, 100000)
     best = int(str(e.value).rsplit(" ", 1)[1])

@@ -4,9 +4,9 @@ its ops, and shown to tell the window variants apart on the window fixture."""
 import numpy as np
 import pytest
 
-import fixtures
-from conformance.harness import window_prompt
-from fixtures import golden
+from g4c import fixtures
+from g4c.conformance.harness import window_prompt
+from g4c.fixtures import golden
 from g4c.config import LayerSpec
 from g4c.model import Model
 from g4c.reference import Reference, argmax_allowed, gelu_tanh, rms

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reports import build
+from g4c.reports import build
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "reports" / "data"

@@ -4,8 +4,8 @@ emoji, code, runs of whitespace, special tokens), and the BPE-with-merges fixtur
 
 import pytest
 
-from conformance.harness import load_model
-from fixtures import llamacpp
+from g4c.conformance.harness import load_model
+from g4c.fixtures import llamacpp
 from g4c.errors import G4CError
 from g4c.model import Model
 from g4c.tokenizer import LLAMACPP_ONLY_EOG, Tokenizer

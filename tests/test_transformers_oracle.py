@@ -30,8 +30,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-import fixtures
-from fixtures import golden, transformers_oracle
+from g4c import fixtures
+from g4c.fixtures import golden, transformers_oracle
 from g4c import reference as reference_module
 from g4c.model import Model
 from g4c.reference import Reference
@@ -50,7 +50,7 @@ def _open(name):
     assert fx["generator_version"] == fixtures.generate.GENERATOR_VERSION
     assert golden.sha256(path) == fx["sha256"], (
         f"{path.name} differs from the fixture transformers' golden {name} was made from ({fx['id']}); "
-        "regenerate with python -m fixtures.transformers_oracle after a deliberate generator change")
+        "regenerate with python -m g4c.fixtures.transformers_oracle after a deliberate generator change")
     return gold, Model(path)
 
 

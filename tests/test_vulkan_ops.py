@@ -9,12 +9,12 @@ from g4c import quants
 from g4c.errors import DeviceUnavailableError
 from g4c.tolerance import F32
 
-from conformance.test_weight_types import TYPES, _case
+from g4c.conformance.test_weight_types import TYPES, _case
 
 
 @pytest.fixture(scope="module")
 def dev():
-    from runtimes.vulkan.device import Device
+    from g4c.runtimes.vulkan.device import Device
 
     try:
         return Device()
@@ -51,7 +51,7 @@ def path(request, dev):
 @pytest.mark.parametrize("n", [1, 3, 16, 40, 70])
 @pytest.mark.parametrize("qtype", TYPES)
 def test_matrix_kernels(dev, path, qtype, n):
-    from runtimes.vulkan.runtime import PAD, matrix_kernel
+    from g4c.runtimes.vulkan.runtime import PAD, matrix_kernel
 
     t = quants.TYPE_NAMES[qtype]
     # 67 rows: a partial workgroup of rows; legacy blocks at 288 columns (9 blocks) give rows
@@ -90,10 +90,10 @@ def test_forward_on_both_paths(dev, path, qtype):
     """The whole forward on each kernel path (matmul prefill of 70 tokens, a partial tile
     included, the sliding window of 32 crossed, then decode steps) against the float64
     reference: the conformance suite runs the device's own path, this runs the other too."""
-    from conformance.harness import load_model, prompt, reference_logits
+    from g4c.conformance.harness import load_model, prompt, reference_logits
     from g4c import tolerance
     from g4c.compare import assert_logits_close
-    from runtimes.vulkan.runtime import VulkanRuntime
+    from g4c.runtimes.vulkan.runtime import VulkanRuntime
 
     rt = VulkanRuntime()
     rt._dev = dev
@@ -124,10 +124,10 @@ def test_staged_device_memory(staged):
     the full-layer cache grown by device copies (300 tokens > 256 slots), a rewind, a
     second sequence, a restart after a gap (whose old slots must be emptied on the device),
     a reset, all against the float64 reference."""
-    from conformance.harness import load_model, prompt, reference_logits
+    from g4c.conformance.harness import load_model, prompt, reference_logits
     from g4c import tolerance
     from g4c.compare import assert_logits_close
-    from runtimes.vulkan.runtime import VulkanRuntime
+    from g4c.runtimes.vulkan.runtime import VulkanRuntime
 
     rt = VulkanRuntime()
     rt._dev = staged
@@ -196,7 +196,7 @@ def test_device_that_misreports_its_subgroup_size_gets_the_baseline_path(dev):
     import sys
 
     _lavapipe(dev)
-    code = "from runtimes.vulkan.device import Device; d = Device(); print(d.subgroup_size, d.wide, d.wide_reason)"
+    code = "from g4c.runtimes.vulkan.device import Device; d = Device(); print(d.subgroup_size, d.wide, d.wide_reason)"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LP_NATIVE_VECTOR_WIDTH": "1024"},
                           capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-import fixtures
+from g4c import fixtures
 from g4c import provenance
 from g4c.model import Model
-from runtimes.cuda.runtime import CudaRuntime
+from g4c.runtimes.cuda.runtime import CudaRuntime
 
 
 def timed(cp, fn, reps=1):

@@ -18,10 +18,10 @@ import sys
 import numpy as np
 from cupyx.profiler import benchmark
 
-import fixtures
+from g4c import fixtures
 from g4c import provenance
 from g4c.model import Model
-from runtimes.cuda.runtime import CudaRuntime
+from g4c.runtimes.cuda.runtime import CudaRuntime
 
 
 def main(out_path: str) -> None:

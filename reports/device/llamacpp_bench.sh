@@ -9,7 +9,7 @@ set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 G4C_CACHE=/tmp/g4c
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
 mkdir -p /tmp/lc && tar xzf .llamacpp/llamacpp-src.tgz -C /tmp/lc
-( python3 -c "import fixtures; print(fixtures.ensure('12b'))" > /tmp/model_path ) &
+( python3 -c "from g4c import fixtures; print(fixtures.ensure('12b'))" > /tmp/model_path ) &
 cmake -S /tmp/lc/llama.cpp -B /tmp/lc/build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
   > $OUT/llamacpp-build.log 2>&1 || { tail -30 $OUT/llamacpp-build.log; exit 1; }
