@@ -9,6 +9,8 @@ session fails when its runtime is unavailable: conformance-cuda needs an NVIDIA 
 
 import os
 import platform
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -146,3 +148,43 @@ def fuzz(session):
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "tests/test_fuzz.py", "-s", *session.posargs,
                 env={"G4C_FUZZ_EXAMPLES": os.environ.get("G4C_FUZZ_EXAMPLES", "20000")})
+
+
+# what the wheel session requires of the results file g4c run wrote: something passed, nothing
+# failed, and (once the run records it) nothing left unrun
+_WHEEL_RESULTS_CHECK = """
+import json, sys
+doc = json.load(open(sys.argv[1]))
+c = doc["counts_by_runtime"].get("cpu", {})
+assert c.get("passed", 0) > 0 and c.get("failed", 0) == 0, f"cpu: {c}"
+assert not doc.get("interrupted") and not doc.get("not_run"), (doc.get("interrupted"), doc.get("not_run"))
+print(f"wheel: cpu {c}")
+"""
+
+
+@nox.session(name="wheel", reuse_venv=False)
+def wheel(session):
+    """The wheel as a user gets it: built from this checkout, installed into a fresh venv beside
+    PyPI distributions named fixtures and reports (top-level packages of those names), then
+    `g4c run --runtime cpu` from an unrelated directory holding decoy conformance/ and
+    fixtures/ packages; uninstalling the reports distribution must leave ours whole."""
+    tmp = Path(session.create_tmp()).resolve()
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), ".")
+    (whl,) = dist.glob("gemma4_conformance-*.whl")
+    session.install(str(whl), "fixtures", "reports")
+    session.run("python", "-m", "pip", "check")
+    work = tmp / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    for decoy in ("conformance", "fixtures", "runtimes"):  # a user's own packages in the working directory
+        (work / decoy).mkdir(parents=True)
+        (work / decoy / "__init__.py").write_text(f"raise ImportError('the user\\'s own {decoy} package was imported')\n")
+    session.chdir(work)
+    session.run("g4c", "run", "--runtime", "cpu", "--json", "results.json")
+    session.run("python", "-c", _WHEEL_RESULTS_CHECK, "results.json")
+    session.run("python", "-m", "pytest", "--pyargs", "g4c.conformance", "--runtime", "cpu", "--case", "test_inputs",
+                "-p", "no:cacheprovider", "-q")
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "reports", "fixtures")
+    session.run("python", "-c", "import g4c.reports.build, g4c.fixtures; print('g4c.reports and g4c.fixtures intact')")
+    session.run("g4c", "fixture", "tiny")
