@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
 import pytest
 
 from g4c import fixtures
+from g4c.errors import ResourceUnavailable
 from g4c.model import Model
 from g4c.reference import Reference
 from g4c.runtime import capabilities
@@ -16,9 +18,23 @@ from g4c.runtime import capabilities
 NOT_SUPPORTED = "not supported:"
 
 
+@contextmanager
+def resources_or_skip():
+    """Around a step that needs this machine's memory or disk (loading a session, writing a
+    fixture): a ResourceUnavailable becomes a skip stating the figures, since the machine's
+    shortage is neither the runtime's failure nor its pass."""
+    try:
+        yield
+    except ResourceUnavailable as e:
+        pytest.skip(f"this machine lacks {e.resource}: {e}")
+
+
 @lru_cache(maxsize=None)
 def load_model(preset: str, qtype: str | None = None, **variant) -> Model:
-    return Model(fixtures.ensure(preset, qtype, **variant))
+    """The fixture model, generated into the cache first if absent; a skip with the figures
+    when the cache's disk has no room for it."""
+    with resources_or_skip():
+        return Model(fixtures.ensure(preset, qtype, **variant))
 
 
 @lru_cache(maxsize=None)
@@ -54,11 +70,27 @@ def reads_type(runtime, qtype: str) -> None:
 
 
 def available_or_skip(runtime, name: str):
-    """The runtime, or a skip naming why its device is absent (never a pass)."""
+    """The runtime, or a skip naming why its device is absent (never a pass). Its load()
+    skips, with the figures, where this machine lacks the memory the runtime's plan needs
+    (never a failure): tests load sessions directly, and each would otherwise have to."""
     av = runtime.availability()
     if not av.ok:
         pytest.skip(f"runtime {name} unavailable: {av.reason}")
-    return runtime
+    return _SkipsWhenShort(runtime)
+
+
+class _SkipsWhenShort:
+    """The runtime as it is, but for load(), which runs under resources_or_skip."""
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def load(self, *args, **kwargs):
+        with resources_or_skip():
+            return self._runtime.load(*args, **kwargs)
 
 
 def traces(runtime, model, tokens) -> tuple[dict, dict]:

@@ -35,7 +35,6 @@ position and cache indexing at the real dims more than it checks RoPE's accuracy
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import numpy as np
@@ -44,12 +43,11 @@ import pytest
 from g4c.fixtures import generate, golden12b
 from g4c.fixtures.golden import sha256
 from g4c.compare import nmse
-from g4c.errors import InputError
 from g4c.model import Model
 from g4c.plan import GIB, available_host_memory, check_fits
 from g4c.runtime import capabilities, has_method
 
-from g4c.conformance.harness import reads_type, release_memory
+from g4c.conformance.harness import reads_type, release_memory, resources_or_skip
 
 ENABLED = os.environ.get("G4C_REAL_DIMS") == "1"
 pytestmark = [
@@ -80,13 +78,9 @@ def real12b(golden):
     path = generate.cache_dir() / f"{generate.fixture_id(p, qt, fx['seed'])}.gguf"  # where ensure() keeps it
     generated_s = None
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(path.parent).free
-        if free < fx["bytes"] + GIB:
-            pytest.skip(f"the 12b fixture needs {fx['bytes'] / GIB:.2f} GiB of disk (+1 GiB spare) in {path.parent}; "
-                        f"{free / GIB:.2f} GiB free")
         t = time.perf_counter()
-        path = generate.ensure(fx["preset"], fx["type"], fx["seed"], progress=True)
+        with resources_or_skip():  # the cache's disk short of the file's bytes: a skip with the figures
+            path = generate.ensure(fx["preset"], fx["type"], fx["seed"], progress=True)
         generated_s = time.perf_counter() - t
     if path.name != fx["file"] or sha256(path) != fx["sha256"]:
         pytest.fail(f"{path} is not the file the 12b goldens were made from ({fx['file']}, sha256 "
@@ -232,18 +226,13 @@ def _session(runtime, model, n_ctx: int):
     if held is not None and _held["runtime"] == runtime.name and held.max_context >= n_ctx:
         return held, None
     _drop_session()
-    if has_method(runtime, "memory_plan"):
-        plan = runtime.memory_plan(model, n_ctx, 1)
-        if plan.where == "host":  # a device's own memory is the runtime's to check, in load()
-            try:
-                check_fits(lambda n: runtime.memory_plan(model, n, 1), n_ctx, model.config.n_ctx_train,
-                           available_host_memory(), f"12b preset on {runtime.name}")
-            except InputError as e:
-                pytest.skip(f"does not fit this machine: {e}")
-    t = time.perf_counter()
-    try:
+    with resources_or_skip():
+        if has_method(runtime, "memory_plan") and runtime.memory_plan(model, n_ctx, 1).where == "host":
+            # checked here too, before load, for a runtime that plans host memory but does not
+            # check it itself; a device's own memory is the runtime's to check, in load()
+            check_fits(lambda n: runtime.memory_plan(model, n, 1), n_ctx, model.config.n_ctx_train,
+                       available_host_memory(), f"12b preset on {runtime.name}")
+        t = time.perf_counter()
         sess = runtime.load(model, n_ctx, 1)
-    except InputError as e:  # the runtime's own memory check, with its figures
-        pytest.skip(f"does not fit this machine: {e}")
     _held.update(session=sess, runtime=runtime.name)
     return sess, time.perf_counter() - t

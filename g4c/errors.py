@@ -23,3 +23,16 @@ class DeviceUnavailableError(G4CError):
 
 class InputError(G4CError):
     """Bad input to a session: token id out of range, empty prompt, context overflow."""
+
+
+class ResourceUnavailable(G4CError):
+    """This machine lacks what a step needs (host or device memory, disk space): neither the
+    runtime's fault nor the input's. The conformance harness skips the test with the figures;
+    a command prints the one line, as for every G4CError."""
+
+    def __init__(self, message: str, *, resource: str, needed: int, available: int, where: str):
+        super().__init__(message)
+        self.resource = resource  # "host memory", "device memory" or "disk"
+        self.needed = needed  # bytes
+        self.available = available  # bytes
+        self.where = where  # the path, or the model and runtime, the figures are about

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from .config import ModelConfig
-from .errors import G4CError, InputError
+from .errors import G4CError, ResourceUnavailable
 
 GIB = 1 << 30
 
@@ -69,14 +69,15 @@ def largest_context(plan_at, memory: int, n_ctx_max: int) -> int:
 
 
 def check_fits(plan_at, n_ctx: int, n_ctx_max: int, available: int, what: str) -> MemoryPlan:
-    """The plan at n_ctx, or an InputError saying what it needs and the largest context that fits."""
+    """The plan at n_ctx, or a ResourceUnavailable (this machine's shortage, not the runtime's
+    fault) saying what it needs, what is available and the largest context that fits."""
     plan = plan_at(n_ctx)
     if plan.total > available:
         best = largest_context(plan_at, available, n_ctx_max)
-        raise InputError(
+        raise ResourceUnavailable(
             f"{what}: max_context {n_ctx} needs {plan.line()}, but {available / GIB:.2f} GiB are available; "
-            + (f"the largest context that fits is {best}" if best else "not even a context of 1 fits")
-        )
+            + (f"the largest context that fits is {best}" if best else "not even a context of 1 fits"),
+            resource=f"{plan.where} memory", needed=plan.total, available=available, where=what)
     return plan
 
 
@@ -99,7 +100,13 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e
 
 
 def parse_bytes(text: str) -> int:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    """A memory size written with its unit (12GiB, 80GB, 512B) in bytes. The unit is required:
+    a bare 12 would be read as 12 bytes where 12 GiB was meant."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]+)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
-        raise G4CError(f"cannot read a memory size from {text!r} (e.g. 12GiB, 8000MB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        raise G4CError(f"cannot read a memory size from {text!r}: write a number and a unit "
+                       "(B, KB, KiB, MB, MiB, GB, GiB, TB, TiB), e.g. 12GiB")
+    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not 1 <= size <= 1 << 64:  # the upper bound keeps an overlong number from becoming inf
+        raise G4CError(f"memory size {text!r} is not between 1 byte and 16 EiB")
+    return int(size)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from g4c import fixtures
 from g4c import plan as planmod
-from g4c.errors import InputError
+from g4c.errors import ResourceUnavailable
 from g4c.model import Model
 from g4c.plan import MemoryPlan, kv_bytes, largest_context, parse_bytes
 from g4c.runtimes.cpu import CpuRuntime
@@ -49,7 +49,7 @@ def test_largest_context_is_the_boundary(memory, per_token, fixed):
 def test_cpu_refuses_and_names_largest(schema, monkeypatch):
     budget = CpuRuntime.memory_plan(schema, 20000).total
     monkeypatch.setattr("g4c.runtimes.cpu.runtime.available_host_memory", lambda: budget)
-    with pytest.raises(InputError, match=r"max_context 100000 needs .* the largest context that fits is (\d+)") as e:
+    with pytest.raises(ResourceUnavailable, match=r"max_context 100000 needs .* the largest context that fits is (\d+)") as e:
         CpuRuntime().load(schema, 100000)
     best = int(str(e.value).rsplit(" ", 1)[1])
     assert CpuRuntime.memory_plan(schema, best).total <= budget < CpuRuntime.memory_plan(schema, best + 1).total
@@ -67,7 +67,8 @@ def test_cuda_plan_without_gpu(schema):
 
 
 def test_parse_bytes():
-    assert parse_bytes("12GiB") == 12 << 30 and parse_bytes("80GB") == 80 * 10**9 and parse_bytes("512") == 512
-    with pytest.raises(Exception, match="cannot read a memory size"):
-        parse_bytes("lots")
+    assert parse_bytes("12GiB") == 12 << 30 and parse_bytes("80GB") == 80 * 10**9 and parse_bytes("512B") == 512
+    for bad in ("lots", "512"):  # a bare number has no unit: 12 would have meant 12 bytes
+        with pytest.raises(Exception, match="cannot read a memory size"):
+            parse_bytes(bad)
     assert planmod.GIB == 1 << 30

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from g4c.errors import DeviceUnavailableError, G4CError
-from g4c.paths import cache_dir
+from g4c.paths import cache_dir, remove_stale_temps, temp_path
 
 SHADERS = Path(__file__).parent / "shaders"
 
@@ -75,13 +75,17 @@ def compile_shader(name: str, defines: dict[str, int | str]) -> bytes:
         if tool is None:
             raise DeviceUnavailableError("glslangValidator is not installed (Debian glslang-tools): shaders cannot compile")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        remove_stale_temps(out.parent)
+        tmp = temp_path(out)
         env = "vulkan1.2" if name in WIDE_SHADERS else "vulkan1.1"
         cmd = [tool, "-V", "--target-env", env, *[f"-D{k}={v}" for k, v in defines.items()], str(src), "-o", str(tmp)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise G4CError(f"glslang failed on {src.name} {defines}: {(r.stdout + r.stderr).strip()[:2000]}")
-        os.replace(tmp, out)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise G4CError(f"glslang failed on {src.name} {defines}: {(r.stdout + r.stderr).strip()[:2000]}")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out.read_bytes()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from g4c.errors import DeviceUnavailableError, G4CError
-from g4c.paths import cache_dir
+from g4c.paths import cache_dir, remove_stale_temps, temp_path
 
 from ..runtime import CudaRuntime
 
@@ -61,16 +61,20 @@ def build(code: str) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    src = out.with_suffix(f".{os.getpid()}.cu")  # per process: two builds may race, each renames its own result
-    src.write_text(code)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    remove_stale_temps(out.parent)
+    # per process: two builds may race, each renames its own result
+    src, tmp = temp_path(out.with_suffix(".cu")), temp_path(out)
     cmd = [cxx, *CXXFLAGS, f"-I{EMU_DIR}", "-include", str(EMU_DIR / "cuda_emu.h"), "-x", "c++", str(src),
            "-x", "none", str(EMU_DIR / "scheduler.cpp"), "-lffi", "-lpthread", "-o", str(tmp)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise G4CError(f"g++ could not build the CUDA kernels for the emulator ({src}):\n{r.stderr[-4000:]}")
-    tmp.replace(out)
-    src.unlink()
+    try:
+        src.write_text(code)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise G4CError(f"g++ could not build the CUDA kernels for the emulator:\n{r.stderr[-4000:]}")
+        tmp.replace(out)
+    finally:
+        src.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return out
 
 
