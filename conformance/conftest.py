@@ -7,6 +7,9 @@
     pytest conformance --results-json F     outcomes and metrics per test, for reports
     pytest conformance --case 'test_greedy_parity[qtype=Q4_0]'   only these cases (repeatable;
                                             g4c.cases: a module or test name, parameter values)
+    G4C_PROGRESS=1 pytest conformance       progress on stderr in place of pytest's dots: tests done
+                                            of each runtime's total, the current test, elapsed time
+                                            (g4c run sets it; off with -v)
 
 Five outcomes are kept apart: passed, failed, departure (the runtime declares, with the spec
 section, why it departs from the reference there; a strict xfail), not_supported (the
@@ -14,13 +17,20 @@ runtime declares it lacks a feature) and skipped (device absent).
 
 Every result names its runtime, test module, test function and parameters as fields, and
 the file records where it came from (g4c.provenance: commit, date, packages, machine,
-devices and drivers).
+devices and drivers). It also says whether the run got to its end: "collected" (tests
+selected), "not_run" (how many of those have no result) and "interrupted" (null, or why and
+when the run stopped early: "KeyboardInterrupt after 20.3 s", "SIGTERM after ...", a
+collection error, --maxfail).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
+from collections import Counter
 
 import pytest
 
@@ -66,6 +76,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    _stop_progress()  # a session cut short before pytest_sessionfinish leaves the ticking thread
     mp = getattr(config, "_g4c_fault_mp", None)
     if mp is not None:
         mp.undo()
@@ -169,10 +180,143 @@ def pytest_runtest_logreport(report):
 
 _results: dict = {}
 _cases: dict = {}  # nodeid -> case_of(item), filled at collection
+_collected: list = []  # nodeids of the tests selected to run
+_start_s = 0.0  # time.monotonic() at session start
+_interrupted: str | None = None  # why and when the session stopped early, from pytest_keyboard_interrupt
 NO_RUNTIME = "(model checks)"  # counts_by_runtime's key for tests that take no runtime
 
 
+def pytest_sessionstart(session):
+    global _start_s, _interrupted
+    _start_s = time.monotonic()
+    _interrupted = None  # pytest.main run twice in one process (g4c run, in-process) keeps this module
+    _collected.clear()
+
+
+def pytest_keyboard_interrupt(excinfo):
+    """Ctrl-C, SIGTERM under g4c run (a KeyboardInterrupt("SIGTERM")), pytest.exit, and pytest's
+    own stop on collection errors all arrive here; the message, or else the type, says which."""
+    global _interrupted
+    _interrupted = f"{str(excinfo.value) or excinfo.typename} after {time.monotonic() - _start_s:.1f} s"
+
+
+def pytest_collection_finish(session):
+    global _progress
+    _collected[:] = [item.nodeid for item in session.items]
+    wanted = os.environ.get("G4C_PROGRESS", "0") not in ("", "0")
+    if wanted and session.items and session.config.get_verbosity() <= 0:  # -v prints a line per test already
+        _progress = Progress(session)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if _progress is not None:
+        _progress.started(nodeid)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if _progress is not None:
+        _progress.finished(nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_report_teststatus(report, config):
+    status = yield
+    # no letter and no word: pytest then writes nothing for the test (its dots would break the
+    # status line) but still counts the category in its summary
+    return status if _progress is None else (status[0], "", "")
+
+
+class Progress:
+    """Where the run is, on stderr: tests done of each runtime's total, failures so far, elapsed
+    time and the current test. On a terminal one status line rewritten in place every second;
+    otherwise (a CI log) a line as each test module finishes and at most every 30 s between."""
+
+    TICK_S = 1.0
+    LINE_EVERY_S = 30.0
+
+    def __init__(self, session):
+        cases = [_cases[item.nodeid] for item in session.items]
+        self.total = Counter(c["runtime"] or NO_RUNTIME for c in cases)
+        self.module_left = Counter(c["module"] for c in cases)
+        self.done = Counter()
+        self.failed = 0
+        self.current = ""
+        capman = session.config.pluginmanager.getplugin("capturemanager")
+        # a copy of the real stderr: pytest's capture redirects fd 2 while a test runs, and the
+        # ticking thread writes then too
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            self.out = open(os.dup(2), "w")
+        self.tty = self.out.isatty()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.last_line_s = time.monotonic()
+        self.ticker = threading.Thread(target=self._tick, name="g4c-progress", daemon=True)
+        self.ticker.start()
+
+    def started(self, nodeid: str) -> None:
+        path, _, name = nodeid.partition("::")
+        self.current = f"{os.path.basename(path)}::{name}"
+        if self.tty:
+            self._draw()
+
+    def finished(self, nodeid: str) -> None:
+        case = _cases[nodeid]
+        self.done[case["runtime"] or NO_RUNTIME] += 1
+        self.failed += _results.get(nodeid, {}).get("outcome") == "failed"
+        self.module_left[case["module"]] -= 1
+        if self.tty:
+            self._draw()
+        elif not self.module_left[case["module"]]:
+            self._line(f"{self._status()}; {case['module']} finished")
+
+    def close(self) -> None:
+        with self.lock:
+            self.stop.set()
+            if self.tty:
+                self.out.write("\r\x1b[K")
+            self.out.close()
+        self.ticker.join()
+
+    def _status(self) -> str:
+        t = int(time.monotonic() - _start_s)
+        counts = ", ".join(f"{rt} {self.done[rt]}/{n}" for rt, n in self.total.items())
+        return f"[{t // 60}:{t % 60:02d}] {counts}" + (f", {self.failed} failed" if self.failed else "")
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.TICK_S):
+            if self.tty:
+                self._draw()
+            elif time.monotonic() - self.last_line_s >= self.LINE_EVERY_S:
+                self._line(f"{self._status()}; running {self.current}")
+
+    def _draw(self) -> None:
+        text = f"{self._status()} | {self.current}"
+        with self.lock:
+            if not self.stop.is_set():  # a line cut to the width: a wrapped one cannot be rewritten
+                width = os.get_terminal_size(self.out.fileno()).columns or 80  # 0: a terminal with no size set
+                self.out.write(f"\r{text[:width - 1]}\x1b[K")
+                self.out.flush()
+
+    def _line(self, text: str) -> None:
+        with self.lock:
+            if not self.stop.is_set():
+                self.out.write(text + "\n")
+                self.out.flush()
+                self.last_line_s = time.monotonic()
+
+
+_progress: Progress | None = None
+
+
+def _stop_progress() -> None:
+    global _progress
+    if _progress is not None:
+        _progress.close()
+        _progress = None
+
+
 def pytest_sessionfinish(session, exitstatus):
+    _stop_progress()  # before pytest's summary, which follows this hook
     config = session.config
     counts = {k: sum(1 for r in _results.values() if r["outcome"] == k) for k in OUTCOMES}
     # a runtime asked for by name must pass something itself: model checks passing beside
@@ -183,7 +327,10 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
         config._g4c_empty = empty
     path = config.getoption("--results-json")
-    if path:
+    if path and exitstatus != pytest.ExitCode.USAGE_ERROR:  # a bad argument: no run happened to record
+        interrupted = _interrupted
+        if interrupted is None and session.shouldfail:  # --maxfail/-x: pytest stopped the run itself
+            interrupted = f"{session.shouldfail} (--maxfail) after {time.monotonic() - _start_s:.1f} s"
         prov = provenance.record(config._g4c_runtimes)
         for name, rt in config._g4c_runtimes.items():
             prov["runtimes"][name]["precision"] = registry.capabilities(rt).precision
@@ -193,12 +340,15 @@ def pytest_sessionfinish(session, exitstatus):
             c[r["outcome"]] += 1
         doc = {
             "suite": "gemma4-conformance",
-            "format": 2,
+            "format": 3,
             "created": prov["created"],
             "provenance": prov,
             "runtimes": prov["runtimes"],
             "fault": config.getoption("--fault"),
             "cases": [str(c) for c in config._g4c_only],
+            "collected": len(_collected),
+            "not_run": sum(1 for nodeid in _collected if nodeid not in _results),
+            "interrupted": interrupted,
             "counts": counts,
             "counts_by_runtime": by_runtime,
             "tests": _results,
