@@ -8,20 +8,23 @@
     g4c check MODEL.gguf                     validate a file and scan every weight for NaN/inf
     g4c plan MODEL.gguf --memory 12GiB       memory per runtime and the largest context that fits
     g4c runtimes                             registered runtimes and whether their device is present
+    g4c report [RESULTS ...] [--out F.html]  the HTML report of result files (default: report.html)
 
 Errors of the suite's own hierarchy print as one line naming the file, key or tensor,
-with exit code 2.
+with exit code 2; Ctrl-C exits 130. g4c run has more codes (1 a test failed, 3 the suite
+could not run, 143 SIGTERM): `g4c run --help` and g4c/run.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import G4CError
+from .errors import G4CError, InputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,16 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--text", help="prompt text, tokenized by the file's own vocabulary (BOS added)")
     src.add_argument("--chat", help="a user message, rendered through tokenizer.chat_template")
     src.add_argument("--tokens", help="comma-separated prompt token ids")
-    p.add_argument("-n", type=int, default=32, help="tokens to generate (default: %(default)s)")
+    p.add_argument("-n", type=_count, default=32, help="tokens to generate (default: %(default)s)")
     p.add_argument("--runtime", default="cpu")
-    p.add_argument("--max-context", type=int, default=4096)
+    p.add_argument("--max-context", type=_count, default=4096)
 
     p = sub.add_parser("golden", help="write a golden file from llama.cpp (needs the llamacpp extra)")
     p.add_argument("model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="prompt text, tokenized by llama.cpp")
     src.add_argument("--tokens", help="comma-separated prompt token ids")
-    p.add_argument("-n", type=int, default=32, help="greedy tokens (default: %(default)s)")
+    p.add_argument("-n", type=_count, default=32, help="greedy tokens (default: %(default)s)")
     p.add_argument("--strings", help="JSON list of strings whose llama.cpp token ids go into the golden too")
     p.add_argument("--out", required=True)
 
@@ -62,25 +65,65 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("plan", help="memory a runtime needs for a model, and the largest context that fits")
     p.add_argument("model")
-    p.add_argument("--memory", required=True, help="budget, e.g. 12GiB or 80GB")
+    p.add_argument("--memory", type=_memory_size, required=True, help="budget with its unit, e.g. 12GiB or 80GB")
     p.add_argument("--runtime", default="cpu")
-    p.add_argument("--n-seq", type=int, default=1)
-    p.add_argument("--context", type=int, action="append", default=[], help="also show the plan at this context")
+    p.add_argument("--n-seq", type=_count, default=1)
+    p.add_argument("--context", type=_count, action="append", default=[], help="also show the plan at this context")
 
     p = sub.add_parser("check", help="validate a GGUF: header, keys, shapes, and every weight finite")
     p.add_argument("model")
 
     sub.add_parser("runtimes", help="list registered runtimes")
 
+    p = sub.add_parser("report", help="the HTML report of result files: conformance, benchmarks, op perf, fault catches")
+    p.add_argument("inputs", nargs="*", metavar="RESULTS",
+                   help="result files or folders of them (default: ./reports/data and ./reports/out where they exist, "
+                        "else ./conformance-results.json)")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default: %(default)s)")
+
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return _quiet_when_stdout_closes(COMMANDS[args.command], args)
     except G4CError as e:
         print(f"g4c {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"g4c {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_when_stdout_closes(command, args) -> int:
+    """The command's exit code, or 141 without a traceback when whoever reads its output
+    stops early (g4c runtimes | head -1): 128 + SIGPIPE, the status a shell shows for any
+    program cut off by its pipe, so that a pipeline does not read as the complete output."""
+    try:
+        code = command(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        # the interpreter flushes stdout again at exit, which would fail the same way
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _count(text: str) -> int:
+    """argparse type of counts and lengths (-n, --n-seq, --max-context, --context): 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
+def _memory_size(text: str) -> int:
+    from .plan import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except G4CError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_header(args) -> int:
@@ -93,11 +136,11 @@ def cmd_header(args) -> int:
 
 def cmd_plan(args) -> int:
     from .model import Model
-    from .plan import GIB, largest_context, parse_bytes
+    from .plan import GIB, largest_context
     from .runtime import get, has_method
 
     model = Model(args.model)
-    budget = parse_bytes(args.memory)
+    budget = args.memory
     rt = get(args.runtime)
     if not has_method(rt, "memory_plan"):
         raise G4CError(f"runtime {args.runtime} declares no memory_plan")
@@ -159,11 +202,20 @@ def cmd_fixture(args) -> int:
     return 0
 
 
-def _ids(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise G4CError(f"--tokens must be comma-separated integers, got {text!r}") from None
+def _ids(text: str, n_vocab: int) -> list[int]:
+    """--tokens as ids of the model's vocabulary. Sessions check ids too, but only here can
+    the message name the argument and the item."""
+    items = [t.strip() for t in text.split(",")]
+    if items == [""]:
+        raise InputError("--tokens is empty: give comma-separated token ids, e.g. 2,105")
+    for i, t in enumerate(items, 1):
+        if not t:
+            raise InputError(f"--tokens {text!r}: item {i} is empty")
+        # digits only: int() would also take "1_000", "+1" and non-ASCII digits; the length
+        # bound spares int() a number of thousands of digits, which it refuses with a ValueError
+        if not (t.isascii() and t.isdigit() and len(t) <= 20 and int(t) < n_vocab):
+            raise InputError(f"--tokens: item {i}, {t!r}, is no token id of this model (0 to {n_vocab - 1})")
+    return [int(t) for t in items]
 
 
 def cmd_generate(args) -> int:
@@ -175,8 +227,8 @@ def cmd_generate(args) -> int:
 
     model = Model(args.model)
     tok = None
-    if args.tokens:
-        prompt = _ids(args.tokens)
+    if args.tokens is not None:
+        prompt = _ids(args.tokens, model.n_vocab)
     else:
         from .tokenizer import Tokenizer
 
@@ -231,9 +283,27 @@ def cmd_golden(args) -> int:
             strings = json.loads(Path(args.strings).read_text())
         except (OSError, ValueError) as e:
             raise G4CError(f"--strings {args.strings}: {e}") from None
-    doc = llamacpp.build(Path(args.model), None if args.text else _ids(args.tokens), args.n, args.text, strings)
+    prompt = None
+    if args.tokens is not None:
+        from .model import Model
+
+        prompt = _ids(args.tokens, Model(args.model).n_vocab)
+    doc = llamacpp.build(Path(args.model), prompt, args.n, args.text, strings)
     llamacpp.write(doc, Path(args.out))
     print(f"{args.out}: {len(doc['greedy'])} greedy tokens from {doc['engine']} (KV {doc['kv_type']})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    try:
+        from g4c.reports import build
+    except ModuleNotFoundError as e:
+        if e.name not in ("pandas", "matplotlib"):
+            raise
+        raise G4CError(f"the report needs {e.name}: pip install 'gemma4-conformance[report]'") from None
+
+    info = build.build(args.inputs or build.default_inputs(), Path(args.out))
+    print(build.summary(args.out, info))
     return 0
 
 
@@ -244,7 +314,7 @@ def cmd_run(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "golden": cmd_golden, "fixture": cmd_fixture, "plan": cmd_plan, "check": cmd_check,
-            "runtimes": cmd_runtimes}
+            "runtimes": cmd_runtimes, "report": cmd_report}
 
 
 if __name__ == "__main__":

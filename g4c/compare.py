@@ -95,13 +95,16 @@ def assert_logits_close(got, ref, tol, max_abs: float, positions=None, *, got_tr
     logits). A failure says where the outputs diverged first."""
     rep = compare_logits(got, ref, positions)
     ok = rep.nmse <= tol.logit_nmse and rep.max_abs <= max_abs
+    # first_divergence compares the (layer, op) outputs present in both traces
+    traced = bool(got_trace and ref_trace and got_trace.keys() & ref_trace.keys())
     where = None
-    if got_trace and ref_trace:
+    if traced:
         pos = np.arange(len(np.atleast_2d(got))) if positions is None else positions
         where = first_divergence(got_trace, ref_trace, hidden_nmse, pos)
     if not ok or where:
+        within = "every traced layer within tolerance" if traced else "no per-layer trace on this path: divergence point unknown"
         raise AssertionError(
             f"{what}: {rep.line()}; limits NMSE {tol.logit_nmse:g}, max|dlogit| {max_abs:.3g} "
-            f"({tol.precision}: {tol.why}); {where or 'every traced layer within tolerance'}"
+            f"({tol.precision}: {tol.why}); {where or within}"
         )
     return rep

@@ -1,10 +1,13 @@
 """Build the HTML report: conformance matrix, throughput, roofline, RoPE drift, per-layer
 divergence, and the llama-bench table, merged from result files of several machines.
 
+    g4c report [RESULTS ...] [--out report.html]
     python -m g4c.reports.build [--data DIR_OR_FILE ...] [--out reports/out/index.html]
 
-Default inputs: reports/data (committed runs) and reports/out (this machine's fresh runs).
-Understood formats, told apart by their content:
+Every default is relative to the current directory, never to the installed package. With no
+input named: ./reports/data (committed runs) and ./reports/out (this machine's fresh runs)
+where either exists, as in the repository's root, else ./conformance-results.json (what
+`g4c run` writes). Understood formats, told apart by their content:
 
 - conformance results (`pytest conformance --results-json`, `g4c run`);
 - pytest-benchmark JSON of `benchmarks/` (`--benchmark-json`), throughput in extra_info;
@@ -20,6 +23,10 @@ provenance (g4c.provenance: commit, dirty tree, date, packages, machine, devices
 shown beside its columns and rows, and a run made on other code than the checkout the report
 is built from is marked. Plots are matplotlib SVG embedded as data URIs; tables are rendered
 with jinja2.
+
+A file of an understood format that lacks a key the report reads stops the build with one
+line naming the file and the key (ReportError); files of no understood format are listed
+as not used.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +53,11 @@ import pandas as pd  # noqa: E402
 
 from g4c import provenance  # noqa: E402
 from g4c.bench import fmt_params, fmt_size, llama_bench_table, params_label  # noqa: E402
+from g4c.errors import G4CError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_INPUTS = [ROOT / "data", ROOT / "out"]
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+REPOSITORY_INPUTS = (Path("reports/data"), Path("reports/out"))  # relative to the current directory
+RUN_RESULTS = Path("conformance-results.json")  # what g4c run writes in the current directory
 KEY_METRICS = ("max_abs_dlogit", "tf_max_abs_dlogit", "greedy_tokens_equal", "worst_ratio", "nmse")
 MODEL_CHECKS = "(model checks)"  # the column of tests that take no runtime (their "runtime" is null)
 OUTCOMES = ("passed", "failed", "departure", "not_supported", "skipped")
@@ -68,6 +78,72 @@ class Results:
     ignored: list[str] = field(default_factory=list)
 
 
+class ReportError(G4CError):
+    """What stops a report: a result file of a format the report reads lacks a key it needs
+    or holds another type where an object or a list belongs, a named input does not exist,
+    or the report cannot be written."""
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Checks on one recognised result file, whose messages name the file, its format and
+    the place in it (tests["node id"].outcome)."""
+
+    path: Path
+    kind: str
+
+    def error(self, what: str) -> ReportError:
+        return ReportError(f"{self.path} ({self.kind}): {what}")
+
+    def obj(self, value, where: str, *keys: str) -> dict:
+        """value, a JSON object holding every one of keys."""
+        if not isinstance(value, dict):
+            raise self.error(f"{where or 'the file'} is {_json_type(value)}, not an object")
+        for k in keys:
+            if k not in value:
+                raise self.error(f"missing key {where + '.' if where else ''}{k}")
+        return value
+
+    def array(self, value, where: str) -> list:
+        if not isinstance(value, list):
+            raise self.error(f"{where} is {_json_type(value)}, not a list")
+        return value
+
+    def provenance(self, value, where: str = "provenance") -> dict | None:
+        """A g4c.provenance record (None: recorded before provenance), with the parts the
+        report reads as objects."""
+        if value is None:
+            return None
+        self.obj(value, where)
+        for part in ("machine", "packages", "runtimes"):
+            if part in value:
+                self.obj(value[part], f"{where}.{part}" if where else part)
+        return value
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _at(parent: str, key: str) -> str:
+    """The place of an entry whose key is data (a node id, a runtime name): tests["a::b"]."""
+    return f"{parent}[{json.dumps(key)}]"
+
+
+def default_inputs() -> list[Path]:
+    """What a report is built from when no input is named, relative to the current directory:
+    the repository's reports/data and reports/out where either exists, else g4c run's
+    conformance-results.json."""
+    found = [p for p in REPOSITORY_INPUTS if p.is_dir()]
+    if found:
+        return found
+    if RUN_RESULTS.is_file():
+        return [RUN_RESULTS]
+    raise ReportError(f"no result files named, and none of reports/data, reports/out, {RUN_RESULTS} in "
+                          f"{Path.cwd()}: name result files or folders")
+
+
 def _label_from_name(path: Path) -> str:
     parts = path.stem.split("-")
     return parts[-1] if len(parts) >= 3 else "local"
@@ -77,7 +153,9 @@ def load(inputs) -> Results:
     res = Results()
     files: list[Path] = []
     for p in map(Path, inputs):
-        files += sorted(p.glob("*.json")) if p.is_dir() else [p] if p.exists() else []
+        if not p.exists():
+            raise ReportError(f"{p}: no such result file or folder")
+        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
     sidecars = {}
     for f in files:
         try:
@@ -86,11 +164,11 @@ def load(inputs) -> Results:
             res.ignored.append(f"{f.name} (unreadable: {e})")
             continue
         if f.name.endswith(SIDECAR):
-            sidecars[f.name.removesuffix(SIDECAR) + ".json"] = (f.name, doc)
+            sidecars[f.name.removesuffix(SIDECAR) + ".json"] = (f.name, _Reader(f, "provenance").provenance(doc, ""))
         elif isinstance(doc, dict) and doc.get("kind") == "op-perf":
             _load_op_perf(res, f, doc)
         elif isinstance(doc, dict) and doc.get("kind") == "fault-catches":
-            prov = doc.get("provenance") or {}
+            prov = _check_fault_catches(_Reader(f, "fault catches"), doc)
             machine = prov.get("machine", {}).get("label") or _label_from_name(f)
             res.faults.append({"machine": machine, "file": f.name, "doc": doc})
             _source(res, f, "fault catches", machine, doc.get("created"), prov)
@@ -118,17 +196,49 @@ def _source(res: Results, f: Path, kind: str, machine: str, created: str | None,
 
 
 def _load_conformance(res: Results, f: Path, doc: dict) -> None:
-    if any("module" not in r for r in doc["tests"].values()):
+    r = _Reader(f, "conformance results")
+    tests = r.obj(r.obj(doc, "", "tests", "runtimes")["tests"], "tests")
+    if any(isinstance(t, dict) and "module" not in t for t in tests.values()):
         res.ignored.append(f"{f.name} (conformance results without the per-test runtime and module fields)")
         return
-    labels = ((doc.get("provenance") or {}).get("machine", {}), doc.get("machine", {}))
+    runtimes = r.obj(doc["runtimes"], "runtimes")
+    for name, info in runtimes.items():
+        if not r.obj(info, _at("runtimes", name), "available")["available"]:
+            r.obj(info, _at("runtimes", name), "reason")  # shown under "not run"
+    for nid, t in tests.items():
+        where = _at("tests", nid)
+        r.obj(t, where, "runtime", "module", "test", "case", "outcome")
+        if t["runtime"] is not None and t["runtime"] not in runtimes:
+            raise r.error(f"{where}.runtime is {t['runtime']!r}, which is not among runtimes")
+        if t["outcome"] not in OUTCOMES:
+            raise r.error(f"{where}.outcome is {t['outcome']!r}, not one of {', '.join(OUTCOMES)}")
+        r.obj(t.get("metrics", {}), f"{where}.metrics")
+    if doc.get("format") not in (None, 1, 2):  # from format 3 on, a file says whether its run finished
+        r.obj(doc, "", "collected", "not_run", "interrupted")
+    labels = ((r.provenance(doc.get("provenance")) or {}).get("machine", {}), r.obj(doc.get("machine", {}), "machine"))
     machine = next((m["label"] for m in labels if m.get("label")), None) or _label_from_name(f)
-    res.conformance.append({"machine": machine, "file": f.name, "doc": doc})
+    note = incomplete(doc)
+    res.conformance.append({"machine": machine, "file": f.name, "doc": doc, "incomplete": note,
+                            "incomplete_why": f"{note} ({doc['interrupted']})" if doc.get("interrupted") else note})
     _source(res, f, "conformance", machine, doc.get("created"), doc.get("provenance"))
 
 
+def incomplete(doc: dict) -> str | None:
+    """How much of a conformance run has no result, e.g. "interrupted: 117 of 150 tests not
+    run"; None for a finished run. Files before format 3 did not record it, and read as finished."""
+    missing = doc.get("not_run") or 0
+    if not (doc.get("interrupted") or missing):
+        return None
+    return f"{'interrupted' if doc.get('interrupted') else 'incomplete'}: {missing} of {doc['collected']} tests not run"
+
+
 def _load_op_perf(res: Results, f: Path, doc: dict) -> None:
-    prov = doc.get("provenance") or {}
+    r = _Reader(f, "op perf")
+    r.obj(doc, "", "runtime", "cases")
+    for i, c in enumerate(r.array(doc["cases"], "cases")):
+        if r.obj(c, f"cases[{i}]", "id", "op", "bytes", "outcome")["outcome"] == "passed":
+            r.obj(c, f"cases[{i}]", "gb_per_s", "best_s", "gflop_per_s", "nmse")
+    prov = r.provenance(doc.get("provenance")) or {}
     machine = prov.get("machine", {}).get("label") or _label_from_name(f)
     settings = prov.get("runtimes", {}).get(doc["runtime"], {}).get("settings", {})
     path = f", {settings['path']} path" if settings.get("path") else ""
@@ -182,23 +292,44 @@ def catch_matrix(res: Results) -> dict | None:
             "caught": sum(r["caught"] for r in rows), "total": len(rows)}
 
 
+def _check_fault_catches(r: _Reader, doc: dict) -> dict:
+    """The file's provenance ({} where it has none), once every key catch_matrix reads is there."""
+    for i, fault in enumerate(r.array(r.obj(doc, "", "faults")["faults"], "faults")):
+        where = f"faults[{i}]"
+        r.obj(fault, where, "name", "what", "caught", "caught_by", "outcomes")
+        r.array(fault["caught_by"], f"{where}.caught_by")
+        for nid, o in r.obj(fault["outcomes"], f"{where}.outcomes").items():
+            r.obj(o, _at(f"{where}.outcomes", nid), "outcome")
+    return r.provenance(doc.get("provenance")) or {}
+
+
+BENCH_KEYS = ("runtime", "backend", "machine", "model_file", "size_bytes", "test", "tok_s", "bandwidth_bytes_per_s",
+              "bandwidth_method")  # extra_info that the throughput table and the plots read
+
+
 def _load_pytest_benchmark(res: Results, f: Path, doc: dict) -> None:
+    r = _Reader(f, "pytest-benchmark")
     n = 0
-    for b in doc["benchmarks"]:
-        x = b.get("extra_info", {})
-        if "tok_s" not in x:
+    for i, b in enumerate(r.array(doc["benchmarks"], "benchmarks")):
+        x = r.obj(r.obj(b, f"benchmarks[{i}]").get("extra_info", {}), f"benchmarks[{i}].extra_info")
+        if "tok_s" not in x:  # no decode or prefill (benchmarks/test_vulkan_loads.py: bytes read per second)
             continue
+        r.obj(x, f"benchmarks[{i}].extra_info", *BENCH_KEYS)
         res.bench.append({**x, "source": f.name})
         res.bandwidth.setdefault(x["machine"], {"bytes_per_s": x["bandwidth_bytes_per_s"],
                                                 "method": x["bandwidth_method"], "device": x.get("device", "")})
         n += 1
     if n:
-        _source(res, f, "pytest-benchmark", res.bench[-1]["machine"], doc.get("datetime"), doc.get("provenance"))
+        _source(res, f, "pytest-benchmark", res.bench[-1]["machine"], doc.get("datetime"), r.provenance(doc.get("provenance")))
     else:
         res.ignored.append(f"{f.name} (pytest-benchmark JSON without this suite's extra_info)")
 
 
 def _load_llama_bench(res: Results, f: Path, doc: list) -> None:
+    check = _Reader(f, "llama-bench")
+    for i, r in enumerate(doc):
+        if not check.obj(r, f"[{i}]", "model_size", "model_n_params", "avg_ts").get("n_gen"):
+            check.obj(r, f"[{i}]", "n_prompt")  # a prompt-processing row is named after it
     machine = _label_from_name(f)
     for r in doc:
         test = f"pp{r['n_prompt']}" if r.get("n_gen", 0) == 0 else f"tg{r['n_gen']}"
@@ -219,6 +350,9 @@ def _load_llama_bench(res: Results, f: Path, doc: list) -> None:
 
 
 def _load_cuda_script(res: Results, f: Path, doc: dict) -> None:
+    r = _Reader(f, "CUDA device script")
+    r.obj(doc, "", "weight_bytes", "copy_bandwidth_read_plus_write_GBps", "device", "model")
+    r.provenance(doc.get("provenance"))
     machine = _label_from_name(f)
     size = doc["weight_bytes"]
     res.bandwidth.setdefault(machine, {"bytes_per_s": doc["copy_bandwidth_read_plus_write_GBps"] * 1e9,
@@ -328,11 +462,16 @@ def _summary(outcomes: pd.Series) -> dict | None:
 
 
 def not_run(res: Results) -> list[str]:
+    """Runtimes of each file without a column of its results: their device was absent, or
+    the run stopped before any of their tests."""
     out = []
     for c in res.conformance:
+        ran = {t["runtime"] for t in c["doc"]["tests"].values()}
         for rt, info in c["doc"]["runtimes"].items():
             if not info["available"]:
                 out.append(f"{rt} @ {c['machine']}: {info['reason']} ({c['file']})")
+            elif c["incomplete"] and rt not in ran:
+                out.append(f"{rt} @ {c['machine']}: no test reached, run {c['incomplete_why']} ({c['file']})")
     return out
 
 
@@ -374,13 +513,14 @@ def _short(sha: str | None) -> str:
 def column_runs(res: Results, df: pd.DataFrame, code: dict) -> dict[str, list[dict]]:
     """Per matrix column, the result files behind it, newest first: each one's code note and
     the runtime's device, driver and settings as that file recorded them."""
-    docs = {c["file"]: c["doc"] for c in res.conformance}
+    files = {c["file"]: c for c in res.conformance}
     out: dict[str, list[dict]] = {}
     for column, rt, name in df[["column", "runtime", "file"]].drop_duplicates().itertuples(index=False):
-        settings = docs[name]["runtimes"].get(rt, {}).get("settings", {})  # (model checks): no runtime
+        settings = files[name]["doc"]["runtimes"].get(rt, {}).get("settings", {})  # (model checks): no runtime
         out.setdefault(column, []).append({
             **code_note(name, res.sources[name], code), "device": settings.get("device"),
-            "driver": settings.get("driver"), "settings": "; ".join(f"{k} = {v}" for k, v in settings.items())})
+            "driver": settings.get("driver"), "settings": "; ".join(f"{k} = {v}" for k, v in settings.items()),
+            "incomplete": files[name]["incomplete"], "incomplete_why": files[name]["incomplete_why"]})
     for runs in out.values():
         runs.sort(key=lambda r: r["created"], reverse=True)
     return out
@@ -544,19 +684,32 @@ def build(inputs, out: Path, code: dict | None = None) -> dict:
                                "params_s": fmt_params(r["params"]) if r["params"] == r["params"] else "?",
                                "roofline_pct": _pct(r.get("roofline_fraction")),
                                "code": code_note(r["source"], res.sources[r["source"]], code)})
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "templates"), autoescape=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     env.filters["breakable"] = _breakable
     html = env.get_template("index.html.j2").render(
         created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), code=code, short=_short(code["commit"]),
         counts=counts(df), matrix=matrix(df), runs=column_runs(res, df, code), not_run=not_run(res), plots=plots,
         bench=bench_rows, bandwidth=res.bandwidth, markdown=llama_bench_table(bench_rows) if bench_rows else "",
         sources=source_rows(res, code), ignored=res.ignored, ops=op_table(res), catches=catch_matrix(res))
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(html)
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(html)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {out}: {e.strerror or e}") from None
     return {"plots": [p[0] for p in plots if p[3]], "missing": [p[0] for p in plots if not p[3]],
-            "conformance_files": len(res.conformance), "bench_rows": len(bench_rows)}
+            "conformance_files": len(res.conformance), "bench_rows": len(bench_rows), "ignored": res.ignored,
+            "incomplete": [f"{c['file']}: {c['incomplete_why']}" for c in res.conformance if c["incomplete"]]}
+
+
+def summary(out, info: dict) -> str:
+    """build()'s outcome in one line, for the command line."""
+    return (f"wrote {out}: {info['conformance_files']} conformance files, {info['bench_rows']} benchmark rows, "
+            f"plots {', '.join(info['plots']) or 'none'}"
+            + (f"; no data for {', '.join(info['missing'])}" if info["missing"] else "")
+            + "".join(f"; {run}" for run in info["incomplete"])
+            + (f"; not used: {'; '.join(info['ignored'])}" if info["ignored"] else ""))
 
 
 def _pct(v) -> str:
@@ -564,13 +717,19 @@ def _pct(v) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", action="append", default=[], help="result file or folder (repeatable)")
-    ap.add_argument("--out", default=str(ROOT / "out" / "index.html"))
+    ap = argparse.ArgumentParser(prog="python -m g4c.reports.build", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", action="append", default=[],
+                    help="result file or folder (repeatable; default: ./reports/data and ./reports/out where they "
+                         "exist, else ./conformance-results.json)")
+    ap.add_argument("--out", default="reports/out/index.html", help="relative to the current directory "
+                    "(default: %(default)s)")
     args = ap.parse_args(argv)
-    info = build(args.data or DEFAULT_INPUTS, Path(args.out))
-    print(f"wrote {args.out}: {info['conformance_files']} conformance files, {info['bench_rows']} benchmark rows, "
-          f"plots {', '.join(info['plots']) or 'none'}" + (f"; no data for {', '.join(info['missing'])}" if info["missing"] else ""))
+    try:
+        info = build(args.data or default_inputs(), Path(args.out))
+    except G4CError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(summary(args.out, info))
     return 0
 
 

@@ -103,3 +103,29 @@ def test_runtimes_lists_cpu():
 def test_check_command():
     r = g4c("check", fixtures.ensure("micro"))
     assert r.returncode == 0 and "every weight finite" in r.stdout, r.stderr
+
+
+def test_untraced_logit_failure_says_divergence_point_unknown():
+    """The failure line `g4c run` prints for logits outside tolerance names the first
+    diverging layer where both traces were compared; on a path with no per-layer trace
+    (decode steps, a runtime without trace) it says so, not that every layer was within."""
+    import numpy as np
+
+    from g4c.compare import assert_logits_close
+    from g4c.tolerance import F32
+
+    ref = np.random.default_rng(0).normal(size=(2, 8))
+    got = ref.copy()
+    got[1, 3] += 9.56
+    untraced = "; no per-layer trace on this path: divergence point unknown"
+    with pytest.raises(AssertionError) as e:
+        assert_logits_close(got, ref, F32, 1.0)
+    assert str(e.value).startswith("logits: max|dlogit| 9.56 at position 1 token 3") and str(e.value).endswith(untraced)
+    trace = {(0, "layer_out"): np.ones((2, 4))}
+    with pytest.raises(AssertionError) as e:
+        assert_logits_close(got, ref, F32, 1.0, got_trace=trace, ref_trace=trace, hidden_nmse=1e-9)
+    assert str(e.value).endswith("; every traced layer within tolerance")
+    with pytest.raises(AssertionError) as e:  # traces with no (layer, op) in common compare nothing
+        assert_logits_close(got, ref, F32, 1.0, got_trace={(0, "attn_out"): np.ones((2, 4))}, ref_trace=trace,
+                            hidden_nmse=1e-9)
+    assert str(e.value).endswith(untraced)

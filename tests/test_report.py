@@ -212,6 +212,121 @@ def test_unknown_files_are_listed_not_used(tmp_path):
     assert any("other.json" in s for s in res.ignored) and any("broken.json" in s for s in res.ignored)
 
 
+def _interrupted(doc: dict) -> dict:
+    return {**doc, "format": 3, "collected": 150, "not_run": 117, "interrupted": "KeyboardInterrupt after 20.3 s"}
+
+
+def test_interrupted_run_reads_as_such(tmp_path):
+    """A run stopped early (format 3) says so in its matrix column's header, in its row of the
+    summary table, and for a runtime it never reached; older files read as finished runs."""
+    doc = _interrupted(_conformance_doc("passed"))
+    doc["runtimes"] = {**doc["runtimes"], "vk": {"available": True, "reason": "", "precision": "f32"}}
+    res, html = _build(tmp_path, doc)
+    note, why = "interrupted: 117 of 150 tests not run", "interrupted: 117 of 150 tests not run (KeyboardInterrupt after 20.3 s)"
+    runs = build.column_runs(res, build.conformance_frame(res), REPORT_CODE)
+    assert [(r["incomplete"], r["incomplete_why"]) for rs in runs.values() for r in rs] == [(note, why)] * 2
+    summary = html.split('id="summary-table"')[1].split("</table>")[0]
+    head = html.split('<div class="row head">')[1].split("</div>")[0]
+    # in the columns of cpu and of the model checks, both from that run
+    assert summary.count(f'<span class="incomplete" title="conformance-x.json">⚠ {why}</span>') == 2, summary
+    assert head.count(f'<span class="incomplete" title="conformance-x.json: {why}">⚠ {note}</span>') == 2, head
+    assert f"vk @ m1: no test reached, run {why} (conformance-x.json)" in html
+    for finished in (_conformance_doc("passed"), {**_interrupted(_conformance_doc("passed")), "interrupted": None,
+                                                  "not_run": 0}):
+        res, html = _build(tmp_path, finished)
+        assert "incomplete" not in html.split("</style>")[1], finished.get("format")
+
+
+def _without(doc, *path):
+    """doc less the key at the end of path (keys and list indices)."""
+    doc = json.loads(json.dumps(doc))
+    *parents, last = path
+    inner = doc
+    for k in parents:
+        inner = inner[k]
+    del inner[last]
+    return doc
+
+
+DENSE = "conformance/test_dense.py::test_dense_logits[cpu-variant=12b-like]"
+
+
+@pytest.mark.parametrize("name, doc, says", [
+    ("conformance-x.json", _without(_conformance_doc("passed"), "tests"),
+     "(conformance results): missing key tests"),
+    ("conformance-x.json", _without(_conformance_doc("passed"), "tests", DENSE, "outcome"),
+     f'(conformance results): missing key tests["{DENSE}"].outcome'),
+    ("conformance-x.json", _without(_conformance_doc("passed"), "runtimes", "gpu", "reason"),
+     '(conformance results): missing key runtimes["gpu"].reason'),
+    ("conformance-x.json", _without(_interrupted(_conformance_doc("passed")), "not_run"),
+     "(conformance results): missing key not_run"),
+    ("conformance-x.json", {**_conformance_doc("passed"), "tests": []},
+     "(conformance results): tests is a list, not an object"),
+    ("conformance-x.json", {**_conformance_doc("passed"), "runtimes": {}},
+     f"(conformance results): tests[\"{DENSE}\"].runtime is 'cpu', which is not among runtimes"),
+    ("bench-m1.json", {"machine_info": {}, "benchmarks": [{"extra_info": {"tok_s": 5.0}}]},
+     "(pytest-benchmark): missing key benchmarks[0].extra_info.runtime"),
+    ("llama-bench-m1.json", [{"avg_ts": 5.0, "n_gen": 128, "model_size": 10}],
+     "(llama-bench): missing key [0].model_n_params"),
+    ("ops-m1.json", {"suite": "gemma4-conformance", "kind": "op-perf", "runtime": "cpu",
+                     "cases": [{"id": "matvec", "op": "matvec", "outcome": "passed"}]},
+     "(op perf): missing key cases[0].bytes"),
+    ("faults-m1.json", {"suite": "gemma4-conformance", "kind": "fault-catches",
+                        "faults": [{"name": "f", "what": "w", "caught": True, "caught_by": []}]},
+     "(fault catches): missing key faults[0].outcomes"),
+])
+def test_recognised_file_without_a_key_names_file_and_key(tmp_path, name, doc, says):
+    (tmp_path / name).write_text(json.dumps(doc))
+    with pytest.raises(build.ReportError) as e:
+        build.load([tmp_path])
+    assert str(e.value) == f"{tmp_path / name} {says}"
+
+
+def _report(capsys, *args) -> tuple[int, str, str]:
+    from g4c.cli import main
+
+    try:
+        code = main(["report", *map(str, args)])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_g4c_report_of_named_files_and_its_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("a").mkdir()
+    Path("a/conformance-x.json").write_text(json.dumps(_conformance_doc("failed")))
+    code, out, err = _report(capsys, "a/conformance-x.json", "--out", "r.html")
+    assert code == 0 and out.startswith("wrote r.html: 1 conformance files"), (out, err)
+    assert "cpu @ m1" in Path("r.html").read_text()
+    Path("a/conformance-x.json").write_text(json.dumps(_without(_conformance_doc("failed"), "tests", DENSE, "outcome")))
+    for named, says in [("a", f'a/conformance-x.json (conformance results): missing key tests["{DENSE}"].outcome'),
+                        ("missing.json", "missing.json: no such result file or folder")]:
+        code, out, err = _report(capsys, named)
+        assert (code, err) == (2, f"g4c report: error: {says}\n")
+    Path("a/conformance-x.json").write_text(json.dumps(_conformance_doc("failed")))
+    code, out, err = _report(capsys, "a", "--out", "r.html/index.html")  # r.html is a file
+    assert code == 2 and err.startswith("g4c report: error: cannot write the report to r.html/index.html: "), err
+    assert len(err.splitlines()) == 1
+
+
+def test_report_defaults_are_in_the_current_directory(tmp_path, capsys, monkeypatch):
+    """Nothing named: g4c run's conformance-results.json into report.html; from a folder with
+    reports/data (the repository's layout, as nox runs it), that folder into
+    reports/out/index.html."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _report(capsys)
+    assert code == 2 and err.startswith("g4c report: error: no result files named, and none of reports/data"), err
+    Path("conformance-results.json").write_text(json.dumps(_conformance_doc("passed")))
+    code, out, err = _report(capsys)
+    assert code == 0 and out.startswith("wrote report.html: 1 conformance files"), (out, err)
+    Path("reports/data").mkdir(parents=True)
+    Path("reports/data/conformance-x.json").write_text(json.dumps(_conformance_doc("failed")))
+    assert build.main([]) == 0
+    assert 'class="failed"' in Path("reports/out/index.html").read_text()
+
+
 def _browser():
     missing = [p for p in ("chromium", "chromedriver") if not shutil.which(p)]
     try:
