@@ -6,14 +6,17 @@ A 7 GB file is never read whole: tensors are numpy memmap views of the file, and
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import stat
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType
 
 from . import quants
 from .config import LayerSpec, MetaValue, ModelConfig
@@ -89,87 +92,194 @@ def _decode_field(field) -> MetaValue:
 MIN_KV_BYTES = 8 + 1 + 4 + 1
 MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
 SUPPORTED_VERSIONS = (2, 3)
+# limits the GGUF spec sets (ggml docs/gguf.md): name lengths, dims per tensor, the default alignment
+MAX_KEY_BYTES = 65535
+MAX_TENSOR_NAME_BYTES = 64
+MAX_DIMS = 4
+DEFAULT_ALIGNMENT = 32
+# the suite decodes no nested array (_decode_field refuses them), but both the walk below and
+# gguf's reader recurse once per level: a deeper nest is refused before either recursion runs away
+MAX_ARRAY_DEPTH = 8
+
+# what os.stat says a path is, for the error on anything but a regular file
+SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                 (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+
+
+def _regular_file_size(path: str) -> int:
+    """The size of the regular file at path, asked of os.stat before anything opens it: opening
+    a FIFO blocks until a writer comes, and /dev/zero never ends."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise GGUFFormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise GGUFFormatError(f"{path}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise GGUFFormatError(f"{path} is a directory, not a GGUF file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for is_kind, name in SPECIAL_FILES if is_kind(st.st_mode)), "special file")
+        raise GGUFFormatError(f"{path} is not a regular file ({kind})")
+    return st.st_size
 
 
 def check_header(path: str) -> None:
-    """Refuse a file whose fixed header is wrong or whose counts cannot fit its size, before
-    gguf's reader would loop over (or allocate for) 2^40 claimed tensors."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24:
-        raise GGUFFormatError(f"{path}: file of {size} bytes is too short for a GGUF header (24 bytes)")
-    if head[:4] != b"GGUF":
-        raise GGUFFormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
-    version = int.from_bytes(head[4:8], "little")
-    if version not in SUPPORTED_VERSIONS:
-        raise GGUFFormatError(f"{path}: GGUF version {version} is not supported (supported: 2, 3)")
-    n_tensors = int.from_bytes(head[8:16], "little")
-    n_kv = int.from_bytes(head[16:24], "little")
-    need = 24 + n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES
-    if need > size:
-        raise GGUFFormatError(
-            f"{path}: header claims {n_tensors} tensors and {n_kv} key/values, which need at least "
-            f"{need} bytes; the file has {size} (corrupt counts or a truncated file)"
-        )
-    with open(path, "rb") as f:
-        _check_kv_lengths(path, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), n_kv)
+    """Refuse a path that is not a regular file, a wrong fixed header, or any length, count, dim
+    or offset that cannot fit the file, before gguf's reader trusts them: it loops over (and
+    builds a view for) every claimed array entry, and adds offsets modulo 2^64."""
+    size = _regular_file_size(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if len(head) < 24:
+                raise GGUFFormatError(f"{path}: file of {size} bytes is too short for a GGUF header (24 bytes)")
+            if head[:4] != b"GGUF":
+                raise GGUFFormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
+            version = int.from_bytes(head[4:8], "little")
+            if version not in SUPPORTED_VERSIONS:
+                raise GGUFFormatError(f"{path}: GGUF version {version} is not supported (supported: 2, 3)")
+            n_tensors = int.from_bytes(head[8:16], "little")
+            n_kv = int.from_bytes(head[16:24], "little")
+            need = 24 + n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES
+            if need > size:
+                raise GGUFFormatError(
+                    f"{path}: header claims {n_tensors} tensors and {n_kv} key/values, which need at least "
+                    f"{need} bytes; the file has {size} (corrupt counts or a truncated file)"
+                )
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                walk = _HeaderWalk(path, buf)
+                walk.key_values(n_kv)
+                walk.tensors(n_tensors)
+    except OSError as e:
+        raise GGUFFormatError(f"{path}: cannot read it ({e.strerror})") from None
 
 
 # bytes of each GGUF scalar value type (gguf.GGUFValueType: 8 is a string, 9 an array)
 SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-STRING, ARRAY = 8, 9
+STRING, ARRAY, UINT32 = 8, 9, 4
+U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
-def _check_kv_lengths(path: str, buf, n_kv: int) -> None:
-    """Walk the key/value section, checking every length and count against the bytes left
-    before reading on, so that gguf's reader never loops over (or builds a view for each of)
-    2^31 claimed array entries that a 40 KB file cannot hold."""
-    end, pos = len(buf), 24
+class _HeaderWalk:
+    """Walks the key/value and tensor-info sections of a memory-mapped GGUF, checking every
+    length, count, dim and offset against the bytes left before reading on. It copies only
+    fixed-size fields and names (bounded by the spec) and checks a count before looping over
+    it, so its time and memory grow with what fits in the file, never with what a corrupt
+    field claims."""
 
-    def take(n: int, what: str) -> int:
-        nonlocal pos
-        if n > end - pos:
-            raise GGUFFormatError(f"{path}: {what} at byte {pos} needs {n} bytes; {end - pos} are left "
-                                  "(a corrupt length or count, or a truncated file)")
-        pos += n
-        return pos - n
+    def __init__(self, path: str, buf):
+        self.path, self.buf, self.end, self.pos = path, buf, len(buf), 24
+        self.alignment = DEFAULT_ALIGNMENT
 
-    def u64(what: str) -> int:
-        return int.from_bytes(buf[take(8, what):pos], "little")
+    def error(self, what: str) -> GGUFFormatError:
+        return GGUFFormatError(f"{self.path}: {what}")
 
-    def value(vtype: int, what: str, depth: int = 0) -> None:
-        if vtype in SCALAR_BYTES:
-            take(SCALAR_BYTES[vtype], what)
-        elif vtype == STRING:
-            take(u64(f"{what}: string length"), f"{what}: string")
-        elif vtype == ARRAY and depth == 0:
-            etype = int.from_bytes(buf[take(4, f"{what}: array type"):pos], "little")
-            count = u64(f"{what}: array count")
-            if etype in SCALAR_BYTES:
-                take(count * SCALAR_BYTES[etype], f"{what}: {count} array entries")
-            elif etype == STRING:
-                if count * 8 > end - pos:  # a string takes at least its 8-byte length: bounds the loop
-                    take(count * 8, f"{what}: {count} strings")
-                for i in range(count):
-                    take(u64(f"{what}[{i}]: string length"), f"{what}[{i}]: string")
+    def take(self, n: int, what: str) -> int:
+        """Advance past n bytes, returning where they start; refuse them if the file ends first."""
+        if n > self.end - self.pos:
+            raise self.error(f"{what} at byte {self.pos} needs {n} bytes; {self.end - self.pos} are left "
+                             "(a corrupt length or count, or a truncated file)")
+        self.pos += n
+        return self.pos - n
+
+    def u32(self, what: str) -> int:
+        return U32.unpack_from(self.buf, self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return U64.unpack_from(self.buf, self.take(8, what))[0]
+
+    def name(self, limit: int, what: str) -> str:
+        n = self.u64(f"{what}: name length")
+        start = self.take(n, f"{what}: name")
+        if n > limit:
+            raise self.error(f"{what}: name of {n} bytes at byte {start}, over the GGUF limit of {limit}")
+        raw = self.buf[start:self.pos]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error(f"{what}: name {raw[:64]!r} at byte {start} is not UTF-8") from None
+
+    def key_values(self, n_kv: int) -> None:
+        for i in range(n_kv):
+            key = self.name(MAX_KEY_BYTES, f"key/value {i}")
+            vtype = self.u32(f"key {key!r}: value type")
+            if key == "general.alignment":
+                self.alignment_value(vtype)
             else:
-                raise GGUFFormatError(f"{path}: {what}: array of value type {etype}, which this suite does not read")
+                self.value(vtype, f"key {key!r}")
+
+    def alignment_value(self, vtype: int) -> None:
+        # gguf's reader, as llama.cpp, takes only a u32 power of two
+        if vtype != UINT32:
+            raise self.error(f"key 'general.alignment' has value type {vtype}, expected UINT32 ({UINT32})")
+        self.alignment = self.u32("key 'general.alignment'")
+        if self.alignment == 0 or self.alignment & (self.alignment - 1):
+            raise self.error(f"key 'general.alignment' = {self.alignment} is not a power of two")
+
+    def value(self, vtype: int, what: str) -> None:
+        if vtype in SCALAR_BYTES:
+            self.take(SCALAR_BYTES[vtype], what)
+        elif vtype == STRING:
+            self.take(self.u64(f"{what}: string length"), f"{what}: string")
+        elif vtype == ARRAY:
+            self.array(what, 1)
         else:
-            raise GGUFFormatError(f"{path}: {what}: value type {vtype} is not a GGUF type")
+            raise self.error(f"{what}: value type {vtype} is not a GGUF type")
 
-    for i in range(n_kv):
-        name_len = u64(f"key/value {i}: name length")
-        name = bytes(buf[take(name_len, f"key/value {i}: name"):pos][:120]).decode("utf-8", "replace")
-        vtype = int.from_bytes(buf[take(4, f"key {name!r}: value type"):pos], "little")
-        value(vtype, f"key {name!r}")
+    def array(self, what: str, depth: int) -> None:
+        etype = self.u32(f"{what}: array type")
+        count = self.u64(f"{what}: array count")
+        if etype in SCALAR_BYTES:
+            self.take(count * SCALAR_BYTES[etype], f"{what}: {count} array entries")
+        elif etype == STRING:
+            # a string takes at least its 8-byte length: this bounds the loop before it starts
+            if count * 8 > self.end - self.pos:
+                self.take(count * 8, f"{what}: {count} strings")
+            for i in range(count):
+                self.take(self.u64(f"{what}[{i}]: string length"), f"{what}[{i}]: string")
+        elif etype == ARRAY:
+            if depth == MAX_ARRAY_DEPTH:
+                raise self.error(f"{what}: arrays nested more than {MAX_ARRAY_DEPTH} deep")
+            # an array takes at least its u32 type and u64 count
+            if count * 12 > self.end - self.pos:
+                self.take(count * 12, f"{what}: {count} arrays")
+            for i in range(count):
+                self.array(f"{what}[{i}]", depth + 1)
+        else:
+            raise self.error(f"{what}: array of value type {etype}, which is not a GGUF type")
 
+    def tensors(self, n_tensors: int) -> None:
+        infos = [self.tensor_info(i) for i in range(n_tensors)]
+        data_start = self.pos + -self.pos % self.alignment
+        for name, dims, qtype, offset in infos:
+            block, type_bytes = GGML_QUANT_SIZES[qtype]
+            if dims[0] % block:
+                raise self.error(f"tensor {name} row length {dims[0]} is not a multiple of the "
+                                 f"{qtype.name} block size {block}")
+            # Python integers: a product of dims past 2^64 cannot wrap into a small size here
+            n_bytes = math.prod(dims) // block * type_bytes
+            at = data_start + offset
+            if at + n_bytes > self.end:
+                raise self.error(f"tensor {name} ({qtype.name} {list(dims)}) needs {n_bytes} bytes at data offset "
+                                 f"{offset} (byte {at}: the data section starts at {data_start}, alignment "
+                                 f"{self.alignment}); the file has {self.end} (truncated, or a corrupt offset or dims)")
 
-def _explain(e: Exception) -> str:
-    text = f"{type(e).__name__}: {e}"
-    if isinstance(e, ValueError) and ("reshape" in str(e) or "buffer" in str(e) or "offset" in str(e)):
-        return f"data runs past the end of the file, truncated or a corrupt offset ({text})"
-    return text
+    def tensor_info(self, i: int) -> tuple[str, tuple[int, ...], QT, int]:
+        name = self.name(MAX_TENSOR_NAME_BYTES, f"tensor info {i}")
+        if not name.isprintable():  # tensor names go into one-line messages as they are, keys as repr
+            raise self.error(f"tensor info {i}: name {name!r} holds a control character")
+        n_dims = self.u32(f"tensor {name}: n_dims")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise self.error(f"tensor {name}: n_dims = {n_dims}, expected 1 to {MAX_DIMS}")
+        dims = struct.unpack_from(f"<{n_dims}Q", self.buf, self.take(8 * n_dims, f"tensor {name}: dims"))
+        if 0 in dims:
+            raise self.error(f"tensor {name}: dims {list(dims)} hold a 0 (an empty tensor: corrupt dims)")
+        raw_type = self.u32(f"tensor {name}: type")
+        try:
+            qtype = QT(raw_type)
+        except ValueError:
+            raise self.error(f"tensor {name}: GGML type {raw_type} is not a known GGML type") from None
+        return name, dims, qtype, self.u64(f"tensor {name}: data offset")
 
 
 class Model:
@@ -177,15 +287,11 @@ class Model:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
-        if not os.path.isfile(self.path):
-            raise GGUFFormatError(f"{self.path}: no such file")
         check_header(self.path)
         try:
             reader = GGUFReader(self.path, "r")
-        except G4CError:
-            raise
-        except Exception as e:  # the gguf reader fails deep inside numpy on corrupt files
-            raise GGUFFormatError(f"{self.path}: not a readable GGUF file ({_explain(e)})") from None
+        except Exception as e:  # what the walk leaves to the reader: duplicate keys or tensor names
+            raise GGUFFormatError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
         self.version = int(reader.fields["GGUF.version"].parts[-1][0]) if "GGUF.version" in reader.fields else None
         meta: dict[str, MetaValue] = {}
         for name, field in reader.fields.items():
@@ -206,20 +312,10 @@ class Model:
                 # kept out of _weights: an error only if the forward needs this tensor
                 self._unsupported[t.name] = t.tensor_type
                 continue
-            if shape[0] % lay.block_size:
-                raise GGUFFormatError(
-                    f"{self.path}: tensor {t.name} row length {shape[0]} is not a multiple of "
-                    f"the {lay.qtype.name} block size {lay.block_size}"
-                )
+            # check_header has checked row lengths against block sizes and every tensor's bytes
+            # against the file's size, so this view has exactly the bytes the reader mapped
             n_rows = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            try:
-                raw = np.asarray(t.data).view(np.uint8).reshape(n_rows, lay.row_bytes(shape[0]))
-            except ValueError:
-                raise GGUFFormatError(
-                    f"{self.path}: tensor {t.name} ({lay.qtype.name} {list(shape)}) needs "
-                    f"{n_rows * lay.row_bytes(shape[0])} bytes at offset {t.data_offset}; the file has "
-                    f"{os.path.getsize(self.path)} (truncated or a corrupt offset)"
-                ) from None
+            raw = np.asarray(t.data).view(np.uint8).reshape(n_rows, lay.row_bytes(shape[0]))
             self._weights[t.name] = Weight(t.name, lay.qtype, shape, raw)
         self.tensor_names = {t.name for t in reader.tensors}
         self.tensor_order = [t.name for t in reader.tensors]

@@ -8,7 +8,7 @@ from gguf import GGUFValueType as VT
 from g4c import fixtures
 from g4c.fixtures.edit import rewrite
 from g4c.errors import GGUFFormatError, UnsupportedModelError, UnsupportedQuantError
-from g4c.model import Model
+from g4c.model import Model, check_header
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,85 @@ def test_huge_array_count_refused_before_reading(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(GGUFFormatError, match=r"key 'tokenizer\.ggml\.tokens': 2147483648 strings"):
         Model(path)  # the walk's message: gguf's reader never ran
+
+
+def _tensor_info_fields(data: bytes, name: bytes = b"blk.0.attn_q.weight") -> dict[str, int]:
+    """Byte positions of one tensor info's fields (a tensor's name appears once, in its info)."""
+    at = data.index(name)
+    n_dims_at = at + len(name)
+    n_dims = int.from_bytes(data[n_dims_at:n_dims_at + 4], "little")
+    type_at = n_dims_at + 4 + 8 * n_dims
+    return {"name_len": at - 8, "name": at, "n_dims": n_dims_at, "dim0": n_dims_at + 4, "dim1": n_dims_at + 12,
+            "type": type_at, "offset": type_at + 4}
+
+
+# blk.0.attn_q.weight in the micro fixture: Q4_0 [64, 64], 2304 bytes
+@pytest.mark.parametrize("field,value,width,needle", [
+    ("name_len", 10**9, 8, r"tensor info \d+: name at byte \d+ needs 1000000000 bytes; \d+ are left"),
+    ("name_len", 3000, 8, r"tensor info \d+: name of 3000 bytes at byte \d+, over the GGUF limit of 64"),
+    ("name", 0xFF, 1, r"tensor info \d+: name b'\\xfflk.0.attn_q.weight' at byte \d+ is not UTF-8"),
+    ("name", 0x0A, 1, r"tensor info \d+: name '\\nlk.0.attn_q.weight' holds a control character"),
+    ("n_dims", 2**32 - 1, 4, r"tensor blk.0.attn_q.weight: n_dims = 4294967295, expected 1 to 4"),
+    ("n_dims", 0, 4, r"tensor blk.0.attn_q.weight: n_dims = 0, expected 1 to 4"),
+    ("dim0", 33, 8, r"tensor blk.0.attn_q.weight row length 33 is not a multiple of the Q4_0 block size 32"),
+    ("dim1", 0, 8, r"tensor blk.0.attn_q.weight: dims \[64, 0\] hold a 0"),
+    # 2^62 x 64 elements wrap to 0 in the reader's uint64 product
+    ("dim1", 2**62, 8, r"tensor blk.0.attn_q.weight \(Q4_0 \[64, 4611686018427387904\]\) needs "
+                       r"166020696663385964544 bytes at data offset 4992 "),
+    ("offset", 10**9, 8, r"tensor blk.0.attn_q.weight \(Q4_0 \[64, 64\]\) needs 2304 bytes at data offset "
+                         r"1000000000 \(byte \d+: the data section starts at \d+, alignment 32\); the file has 47104"),
+    # the reader adds it modulo 2^64: the tensor loaded from one byte before the data section
+    ("offset", 2**64 - 1, 8, r"tensor blk.0.attn_q.weight \(Q4_0 \[64, 64\]\) needs 2304 bytes at data offset "
+                             r"18446744073709551615 "),
+], ids=["name-length-huge", "name-length-over-limit", "name-not-utf8", "name-newline",
+        "n_dims-huge", "n_dims-0", "row-not-block-multiple",
+        "dim-0", "dims-product-overflow", "offset-past-end", "offset-wraps"])
+def test_corrupt_tensor_info_named(tmp_path, field, value, width, needle):
+    """Every field of a tensor info is checked against the file before gguf's reader runs,
+    with the tensor and the figures named."""
+    data = bytearray(fixtures.ensure("micro").read_bytes())
+    at = _tensor_info_fields(bytes(data))[field]
+    data[at:at + width] = value.to_bytes(width, "little")
+    path = tmp_path / "bad-info.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(GGUFFormatError, match=r"bad-info.gguf: " + needle):
+        Model(path)
+
+
+@pytest.mark.parametrize("value,vtype,needle", [
+    (0, VT.UINT32, r"key 'general.alignment' = 0 is not a power of two"),
+    (48, VT.UINT32, r"key 'general.alignment' = 48 is not a power of two"),
+    (32, VT.UINT64, r"key 'general.alignment' has value type 10, expected UINT32 \(4\)"),
+    # a power of two, but it puts the data section past the end of the file
+    (2**31, VT.UINT32, r"tensor token_embd.weight \(.*\) needs \d+ bytes at data offset 0 \(byte 2147483648: "
+                       r"the data section starts at 2147483648, alignment 2147483648\)"),
+], ids=["zero", "not-power-of-two", "uint64", "past-end"])
+def test_bad_alignment_named(tmp_path, value, vtype, needle):
+    micro = fixtures.ensure("micro")
+    path = rewrite(micro, tmp_path / "align.gguf", set_keys={"general.alignment": (32, vtype)})
+    data = bytearray(path.read_bytes())
+    at = data.index(b"general.alignment") + len(b"general.alignment") + 4  # past the name and the value type
+    width = 4 if vtype == VT.UINT32 else 8
+    data[at:at + width] = value.to_bytes(width, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(GGUFFormatError, match=r"align.gguf: " + needle):
+        Model(path)
+
+
+def test_alignment_written_by_gguf_accepted(tmp_path):
+    """A file that gguf's writer aligns to 256 passes the walk, which puts the data section
+    where the reader does: the last tensor, 256 bytes, ends at the end of the file."""
+    import gguf
+
+    path = tmp_path / "a256.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma4")
+    w.add_custom_alignment(256)
+    w.add_tensor("a.weight", np.arange(10, dtype=np.float32))
+    w.add_tensor("b.weight", np.arange(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    check_header(str(path))
+    reader = gguf.GGUFReader(path)
+    assert reader.data_offset % 256 == 0 and reader.tensors[-1].data_offset + 256 == path.stat().st_size
