@@ -8,6 +8,7 @@
     g4c check MODEL.gguf                     validate a file and scan every weight for NaN/inf
     g4c plan MODEL.gguf --memory 12GiB       memory per runtime and the largest context that fits
     g4c runtimes                             registered runtimes and whether their device is present
+    g4c serve --runtime NAME                 a runtime behind the engine protocol on stdin/stdout (docs/engine-protocol.md)
     g4c report [RESULTS ...] [--out F.html]  the HTML report of result files (default: report.html)
 
 Errors of the suite's own hierarchy print as one line naming the file, key or tensor,
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from .run import add_parser as add_run_parser
 
     add_run_parser(sub)
+    from .serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
 
     p = sub.add_parser("header", help="print the markdown header dump of a GGUF")
     p.add_argument("model")
@@ -313,8 +317,14 @@ def cmd_run(args) -> int:
     return run(args)
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(args)
+
+
 COMMANDS = {"run": cmd_run, "header": cmd_header, "generate": cmd_generate, "golden": cmd_golden, "fixture": cmd_fixture, "plan": cmd_plan, "check": cmd_check,
-            "runtimes": cmd_runtimes, "report": cmd_report}
+            "runtimes": cmd_runtimes, "report": cmd_report, "serve": cmd_serve}
 
 
 if __name__ == "__main__":

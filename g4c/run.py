@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="also check this GGUF (e.g. the real 12B) against the reference")
     p.add_argument("--json", default="conformance-results.json", help="results file (default: %(default)s)")
     p.add_argument("--fault", help="inject a deliberate bug into the cpu runtime, to see the suite catch it")
+    p.add_argument("--engine", help='command line of an engine speaking the engine protocol, for --runtime process '
+                                    '(docs/engine-protocol.md; env G4C_ENGINE), e.g. "./my-engine --device 0"')
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
 
@@ -55,6 +57,8 @@ def run(args) -> int:
     if args.model:
         _check_model(args.model)
     _check_results_path(args.json)
+    if args.engine:  # the process runtime reads its engine from the environment (a zero-argument factory)
+        os.environ["G4C_ENGINE"] = args.engine
     found = discover()
     asked = args.runtime or [n for n, rt in found.items() if runs_by_default(rt) and rt.availability().ok]
     for name, rt in found.items():
