@@ -71,7 +71,10 @@ def run(args) -> int:
     suite = os.path.dirname(conformance.__file__)
     # no cache and no pytest-benchmark (it makes .benchmarks/ at start): the results file is
     # all a run leaves in the working directory
-    pyargs = [suite, "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "--results-json", args.json]
+    pyargs = [suite, "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "--results-json", args.json,
+              # g4c is imported before pytest marks its pytest11 plugin's package for assertion
+              # rewriting; the suite's asserts are in the test modules, which pytest rewrites anyway
+              "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"]
     for name in asked:
         pyargs += ["--runtime", name]
     if args.model:
