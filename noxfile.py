@@ -19,7 +19,11 @@ nox.options.reuse_existing_virtualenvs = True
 
 RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]", "vulkan": ".[dev]"}
 # llama-cpp-python builds its vendored llama.cpp from source (CPU, ~6 to 25 min on 2 cores)
-LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"  # runtime -> what its session installs
+LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+if platform.machine() in ("x86_64", "AMD64"):
+    # llama.cpp 0.3.36's AMX kernels segfault on the Q4_0 fixtures (ggml_backend_amx_mul_mat,
+    # llama.cpp issue 20824) on CPUs that have AMX; an explicit -mno- outweighs -march=native
+    LLAMACPP_CMAKE += " -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8"
 
 
 # the emulated CUDA runtime's cases in CI (g4c.cases: a module or test, parameter values); the
@@ -188,3 +192,34 @@ def wheel(session):
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", "reports", "fixtures")
     session.run("python", "-c", "import g4c.reports.build, g4c.fixtures; print('g4c.reports and g4c.fixtures intact')")
     session.run("g4c", "fixture", "tiny")
+
+
+@nox.session
+def engines(session):
+    """Engines outside Python through the engine protocol (docs/engine-protocol.md): build the
+    C engine (examples/c-engine: llama.cpp's C API, cJSON from Debian's libcjson-dev) against
+    the llamacpp extra's llama-cpp-python, then require the same outcome per test through it as
+    on the llamacpp runtime (tests/test_c_engine.py: 8 representative cases; `-- full` runs
+    the whole suite through both, about 8 minutes on 2 cores), and check that the llamacpp
+    runtime loads another libllama by G4C_LLAMA_LIB (tests/test_llamacpp_lib.py).
+    G4C_LLAMACPP_WHEELS: a folder with a prebuilt llama-cpp-python wheel (else built from
+    source, 7 to 25 minutes on 2 cores; pip keeps the wheel for the next run)."""
+    wheels = os.environ.get("G4C_LLAMACPP_WHEELS")
+    session.install(*(["--find-links", wheels] if wheels else []), "-e", ".[dev,llamacpp]",
+                    env={"CMAKE_ARGS": LLAMACPP_CMAKE})
+    site = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True).strip()
+    lib, include = f"{site}/llama_cpp/lib", f"{site}/include"  # llama-cpp-python installs llama.h and ggml's headers there
+    engine = "examples/c-engine/g4c-llama-engine"
+    session.run("make", "-C", "examples/c-engine", f"LLAMA_INCLUDE={include}", f"LLAMA_LIB={lib}", external=True)
+    env = {}
+    if "full" in session.posargs:
+        os.makedirs("reports/out", exist_ok=True)
+        results = env["G4C_C_ENGINE_RESULTS"] = "reports/out/conformance-c-engine.json"
+        # llama.cpp aborts creating a context for a model without a sliding layer: one failed
+        # test through the engine, the end of pytest in-process
+        session.run("python", "-m", "pytest", "conformance", "-p", "no:cacheprovider", "--runtime", "process",
+                    "--engine", engine, "--runtime", "llamacpp",
+                    "--deselect", "conformance/test_shapes.py::test_shape[llamacpp-hd128-256-g16-l1]",
+                    "--results-json", results, success_codes=[0, 1])
+    session.run("python", "-m", "pytest", "tests/test_c_engine.py", "tests/test_llamacpp_lib.py", "-p", "no:cacheprovider",
+                "-rA", env=env)

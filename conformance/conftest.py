@@ -159,6 +159,20 @@ def metric(request):
     return record
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: after the xfail plugin marked the departure
+def pytest_runtest_makereport(item, call):
+    """An engine that crashed, hung or broke the protocol (EngineError) on a test where it
+    declared a departure failed: the departure covers computing differently by design, and
+    its xfail takes every suite error (G4CError), of which EngineError is one."""
+    from g4c.protocol import EngineError
+
+    report = yield
+    if getattr(report, "wasxfail", None) is not None and call.excinfo is not None and call.excinfo.errisinstance(EngineError):
+        report.outcome = "failed"
+        del report.wasxfail
+    return report
+
+
 def pytest_runtest_logreport(report):
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         if hasattr(report, "wasxfail") and report.outcome == "skipped":

@@ -46,6 +46,13 @@ with PIDS.open("a") as f:
 
 
 class Fake(serve.Server):
+    def on_hello(self, req, msg):
+        head, frames = super().on_hello(req, msg)
+        if MODE == "killed-departing":  # declares a departure on the test where it will crash
+            head["capabilities"]["departures"].append({"test": "test_bad_tokens_then_usable", "params": {"needle": ["512"]},
+                                                       "spec": "5", "reason": "a declared departure"})
+        return head, frames
+
     def on_load(self, req, msg):
         if MODE == "refuse":  # as a GPU engine whose attention takes head dims of multiples of 32
             model = self.model(req["model"])
@@ -62,7 +69,7 @@ class Fake(serve.Server):
             return super().on_prefill(req, msg)
         MARKER.write_text(MODE)
         print(f"fake engine: {MODE} at prefill", file=sys.stderr, flush=True)
-        if MODE == "killed":
+        if MODE.startswith("killed"):
             os.kill(os.getpid(), signal.SIGKILL)
         elif MODE == "bad-json":  # stdout noise where the response belongs
             self.out.write(b"warming up the kernels...\n")
@@ -249,6 +256,16 @@ def test_misbehaving_engine_fails_one_test_and_the_run_goes_on(tmp_path, mode):
     assert f"its stderr ended with:\n    fake engine: {mode} at prefill" in message, message
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 2 and not [p for p in started if running(p)], started
+
+
+def test_crash_on_a_declared_departure_is_a_failure(tmp_path):
+    """A departure covers an engine that computes differently by design, never one that
+    crashes: the departure's xfail takes suite errors (G4CError), of which EngineError is one."""
+    engine, _ = fake_engine(tmp_path, "killed-departing")
+    proc, doc = conformance(tmp_path, engine, "test_inputs")
+    results = list(doc["tests"].values())
+    assert [r["outcome"] for r in results] == ["failed", "passed", "passed", "passed"], proc.stdout[-3000:]
+    assert "was killed by signal SIGKILL" in results[0]["message"], results[0]
 
 
 def test_interrupted_run_leaves_no_engine(tmp_path):

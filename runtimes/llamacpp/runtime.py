@@ -14,12 +14,20 @@ f16 tolerance class. Its most exact settings are the defaults here: an f32 KV ca
 Rewinding (start_pos below the next position) removes the tail with llama_memory_seq_rm;
 where llama.cpp cannot remove part of a sliding-window cache, the session base
 (g4c.session.Session) clears the sequence and evaluates its kept tokens again.
+
+A llama.cpp fork plugs in by library path: G4C_LLAMA_LIB=/path/to/libllama.so is checked for
+every C function this runtime calls (the runtime is unavailable, naming the missing ones and
+the file, if any is absent), then loaded in place of llama-cpp-python's own through its
+LLAMA_CPP_LIB_PATH, which names a directory holding libllama.so. llama-cpp-python's ctypes
+structs must still match the fork's (a fork of the same llama.cpp era). settings() records
+the library loaded and its build (system info line, ggml version and commit where exported).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 import numpy as np
 
@@ -32,15 +40,75 @@ from g4c.session import Session
 N_BATCH = 512
 KV_TYPES = {"f32": 0, "f16": 1}
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+LIB_ENV = "G4C_LLAMA_LIB"
+# the name llama-cpp-python loads from the directory LLAMA_CPP_LIB_PATH names
+LIB_NAME = {"darwin": "libllama.dylib", "win32": "llama.dll"}.get(sys.platform, "libllama.so")
+# every C function of llama.h this runtime calls: a library lacking one cannot run it
+C_API = ("llama_backend_init", "llama_log_set", "llama_print_system_info", "llama_model_default_params",
+         "llama_model_load_from_file", "llama_model_get_vocab", "llama_model_free", "llama_vocab_n_tokens",
+         "llama_vocab_is_eog", "llama_tokenize", "llama_context_default_params", "llama_init_from_model", "llama_free",
+         "llama_n_ctx", "llama_get_memory", "llama_memory_seq_rm", "llama_batch_init", "llama_batch_free",
+         "llama_decode", "llama_get_logits_ith")
 
 
 def _lib():
+    """llama-cpp-python, bound to G4C_LLAMA_LIB when that is set (checked first); raises
+    DeviceUnavailableError with the reason it cannot be used."""
+    chosen = os.environ.get(LIB_ENV)
+    if chosen:
+        chosen = _checked_library(chosen)
+        os.environ["LLAMA_CPP_LIB_PATH"] = os.path.dirname(chosen)  # read by llama_cpp when first imported
     try:
         import llama_cpp
     except ImportError as e:
         raise DeviceUnavailableError(
             f"llama-cpp-python is not installed ({e}); pip install -e '.[llamacpp]' builds it from source") from None
+    except (OSError, RuntimeError, AttributeError) as e:  # its import loads the library and binds every function
+        raise DeviceUnavailableError(f"llama-cpp-python cannot use the library in "
+                                     f"{os.environ.get('LLAMA_CPP_LIB_PATH') or 'its package'}: {e}") from None
+    loaded = library_path(llama_cpp)
+    if chosen and os.path.realpath(loaded) != os.path.realpath(chosen):
+        raise DeviceUnavailableError(f"{LIB_ENV}={chosen}, but this process loaded llama.cpp from {loaded} before it was "
+                                     f"set; set {LIB_ENV} before the suite starts")
     return llama_cpp
+
+
+def _checked_library(path: str) -> str:
+    """The absolute path of G4C_LLAMA_LIB, once it is a loadable file of the name
+    llama-cpp-python loads and has every function in C_API; DeviceUnavailableError otherwise."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise DeviceUnavailableError(f"{LIB_ENV}={path}: no such file")
+    if os.path.basename(path) != LIB_NAME:
+        raise DeviceUnavailableError(f"{LIB_ENV}={path}: llama-cpp-python loads a file named {LIB_NAME} (from the "
+                                     f"directory LLAMA_CPP_LIB_PATH names); link or copy it under that name")
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise DeviceUnavailableError(f"{LIB_ENV}={path} does not load: {e}") from None
+    missing = [name for name in C_API if not hasattr(lib, name)]
+    if missing:
+        raise DeviceUnavailableError(f"{LIB_ENV}={path} lacks {len(missing)} of the {len(C_API)} llama.cpp C functions "
+                                     f"this runtime calls: {', '.join(missing)}")
+    return path
+
+
+def library_path(llama_cpp) -> str:
+    """The libllama file llama-cpp-python loaded."""
+    return llama_cpp.llama_cpp._lib._name
+
+
+def build_info(llama_cpp) -> dict:
+    """ggml's version and commit, where the loaded library exports them (ggml_version and
+    ggml_commit, in ggml since mid 2025; dlsym finds them through libllama's own
+    dependencies); {} where it does not."""
+    lib, info = llama_cpp.llama_cpp._lib, {}
+    for name in ("ggml_version", "ggml_commit"):
+        if hasattr(lib, name):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_char_p
+            info[name] = fn().decode()
+    return info
 
 
 ACTIVATIONS = ("llama.cpp's CPU matmuls round the activations before multiplying "
@@ -83,19 +151,25 @@ class LlamaCppRuntime:
         return f"llama-cpp-python {lib.__version__}"
 
     def settings(self) -> dict:
-        """llama.cpp's build (its system info line) and the settings every session takes."""
+        """llama.cpp's build (its system info line; ggml's version and commit where exported),
+        the library file loaded (G4C_LLAMA_LIB's, or llama-cpp-python's own) and the settings
+        every session takes."""
         from g4c.provenance import cpu_name
 
-        return {"device": cpu_name(), "driver": f"{self.version()}: {_lib().llama_print_system_info().decode().strip()}",
+        lib = _lib()
+        return {"device": cpu_name(), "driver": f"{self.version()}: {lib.llama_print_system_info().decode().strip()}",
                 "kv_type": os.environ.get("G4C_LLAMACPP_KV", "f32"),
                 "flash_attn": os.environ.get("G4C_LLAMACPP_FLASH_ATTN", "off"),
-                "library": getattr(_lib(), "__file__", "?")}
+                "library": library_path(lib), "library_build": build_info(lib)}
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "LlamaCppSession":
+        global _silent_callback
         lib = _lib()
         if not self._ready:
             lib.llama_backend_init()
-            lib.llama_log_set(_SILENT, ctypes.c_void_p())
+            # kept for the life of the process: llama.cpp calls it from then on
+            _silent_callback = _silent_callback or lib.llama_log_callback(_silent)
+            lib.llama_log_set(_silent_callback, ctypes.c_void_p())
             self._ready = True
         return LlamaCppSession(lib, model, max_context, n_seq)
 
@@ -110,12 +184,9 @@ def _silent(level, text, user_data):  # llama.cpp's log goes nowhere (errors rea
     return None
 
 
-try:
-    import llama_cpp as _lc
-
-    _SILENT = _lc.llama_log_callback(_silent)
-except ImportError:
-    _SILENT = None
+# made on first load, not at import: importing llama_cpp binds the library, which
+# G4C_LLAMA_LIB may still have to choose
+_silent_callback = None
 
 
 class LlamaCppSession(Session):
