@@ -10,6 +10,9 @@ session fails when its runtime is unavailable: conformance-cuda needs an NVIDIA 
 import os
 import platform
 import shutil
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import nox
@@ -201,11 +204,12 @@ def engines(session):
     the llamacpp extra's llama-cpp-python, then require the same outcome per test through it as
     on the llamacpp runtime (tests/test_c_engine.py: 8 representative cases; `-- full` runs
     the whole suite through both, about 8 minutes on 2 cores), and check that the llamacpp
-    runtime loads another libllama by G4C_LLAMA_LIB (tests/test_llamacpp_lib.py).
+    runtime loads another libllama by G4C_LLAMA_LIB (tests/test_llamacpp_lib.py) and the openai
+    runtime talks to a real server (llama_cpp.server, tests/test_openai.py).
     G4C_LLAMACPP_WHEELS: a folder with a prebuilt llama-cpp-python wheel (else built from
     source, 7 to 25 minutes on 2 cores; pip keeps the wheel for the next run)."""
     wheels = os.environ.get("G4C_LLAMACPP_WHEELS")
-    session.install(*(["--find-links", wheels] if wheels else []), "-e", ".[dev,llamacpp]",
+    session.install(*(["--find-links", wheels] if wheels else []), "-e", ".[dev,llamacpp]", "llama-cpp-python[server]==0.3.36",
                     env={"CMAKE_ARGS": LLAMACPP_CMAKE})
     site = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True).strip()
     lib, include = f"{site}/llama_cpp/lib", f"{site}/include"  # llama-cpp-python installs llama.h and ggml's headers there
@@ -223,3 +227,58 @@ def engines(session):
                     "--results-json", results, success_codes=[0, 1])
     session.run("python", "-m", "pytest", "tests/test_c_engine.py", "tests/test_llamacpp_lib.py", "-p", "no:cacheprovider",
                 "-rA", env=env)
+    # the openai runtime against a real server: llama-cpp-python's llama_cpp.server takes text
+    # prompts only, so its tokenizer is checked and the rest is not supported (llama.cpp's own
+    # llama-server, which takes token ids: nox -s conformance-openai)
+    session.run("python", "-m", "pytest", "tests/test_openai.py", "-k", "real_server", "-p", "no:cacheprovider", "-rA")
+
+
+def _llama_server(session) -> str:
+    """llama.cpp's own llama-server, from the llama.cpp that llama-cpp-python 0.3.36 vendors (the
+    one the llamacpp runtime runs), built once into .nox/llama-server (20 min on 2 shared cores)
+    and reused by later runs."""
+    root = Path(".nox/llama-server").resolve()
+    binary = root / "build" / "bin" / "llama-server"
+    if binary.exists():
+        return str(binary)
+    session.run("python", "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(root),
+                "llama-cpp-python==0.3.36")
+    (sdist,) = root.glob("llama_cpp_python-*.tar.gz")
+    shutil.unpack_archive(sdist, root)
+    (src,) = root.glob("llama_cpp_python-*/vendor/llama.cpp")
+    session.run("cmake", "-S", str(src), "-B", str(root / "build"), "-DCMAKE_BUILD_TYPE=Release", *LLAMACPP_CMAKE.split(),
+                "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+                "-DBUILD_SHARED_LIBS=OFF", external=True)
+    session.run("cmake", "--build", str(root / "build"), "--target", "llama-server", "-j", str(os.cpu_count() or 2),
+                external=True)
+    return str(binary)
+
+
+@nox.session(name="conformance-openai")
+def conformance_openai(session):
+    """The openai runtime against llama.cpp's own llama-server on the tiny fixture: the cases
+    that need only greedy tokens, top-k log-probabilities and the tokenizer pass through it,
+    the rest report not supported, and a failing server (refused, HTTP 500, timeout, malformed
+    JSON) is one clean error (tests/test_openai.py); then the whole suite through it, kept in
+    reports/out/conformance-openai.json. llama_cpp.server's cases run in parity-llamacpp."""
+    session.install("-e", ".[dev]")
+    server = _llama_server(session)
+    session.run("python", "-m", "pytest", "tests/test_openai.py", "-p", "no:cacheprovider", "-rs", *session.posargs,
+                env={"G4C_LLAMA_SERVER": server})
+    model = session.run("g4c", "fixture", "tiny", silent=True).strip().splitlines()[-1]  # its path
+    url = "http://127.0.0.1:8181/v1"
+    proc = subprocess.Popen([server, "-m", model, "--host", "127.0.0.1", "--port", "8181", "-c", "512", "-np", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):  # until it answers, 2 minutes at most
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        os.makedirs("reports/out", exist_ok=True)
+        session.run("g4c", "run", "--runtime", "openai", "--base-url", url, "--served-model", model,
+                    "--json", "reports/out/conformance-openai.json")
+    finally:
+        proc.kill()
+        proc.wait()

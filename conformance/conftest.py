@@ -38,7 +38,7 @@ from g4c import provenance
 from g4c import runtime as registry
 from g4c import tolerance
 from g4c.cases import Case
-from g4c.errors import G4CError
+from g4c.errors import G4CError, NotSupported
 
 from g4c.conformance.harness import NOT_SUPPORTED, available_or_skip
 
@@ -127,6 +127,16 @@ def pytest_collection_modifyitems(config, items):
         dep = caps.departure(case["module"], case["test"], case["params"])
         if dep:
             item.add_marker(pytest.mark.xfail(reason=f"{DEPARTURE} {dep}", strict=True, raises=(AssertionError, G4CError)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A runtime's NotSupported (it lacks what the test needs: full logits from a server, say)
+    is the test's not_supported outcome with the runtime's reason, not a failure."""
+    try:
+        return (yield)
+    except NotSupported as e:
+        pytest.skip(f"{NOT_SUPPORTED} {e}")
 
 
 @pytest.fixture

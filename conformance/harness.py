@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from g4c import fixtures
-from g4c.errors import ResourceUnavailable
+from g4c.errors import NotSupported, ResourceUnavailable
 from g4c.model import Model
 from g4c.reference import Reference
 from g4c.runtime import capabilities
 
 
 NOT_SUPPORTED = "not supported:"
+TOP_K = 8  # top tokens asked of a runtime that gives only those (as many as the goldens keep)
 
 
 @contextmanager
@@ -140,3 +141,25 @@ def check_logits(runtime, tol, model, tokens, metric, start=0, what="logits", ma
     metric("mean_kl", rep.mean_kl)
     metric("top1_agreement", rep.top1_agreement)
     return rep
+
+
+def top_k_only(runtime) -> bool:
+    """Whether the runtime gives only its top tokens' log-probabilities (a server), not logits."""
+    return capabilities(runtime).logits == "top_k"
+
+
+def first_allowed(ids, suppressed) -> int:
+    """The most probable of a runtime's top ids that is not suppressed: its greedy token, as
+    argmax_allowed picks it from full logits."""
+    allowed = [int(i) for i in ids if int(i) not in suppressed]
+    if not allowed:
+        raise NotSupported(f"all of the runtime's top {len(ids)} tokens are suppressed ({list(map(int, ids))})")
+    return allowed[0]
+
+
+def decided_top1(top1, ref, bound) -> tuple[np.ndarray, np.ndarray]:
+    """(agree, decided) per position: whether a runtime's top-1 equals the float64 reference's
+    argmax, and whether the reference decides it (its top-1 over its top-2 by more than twice
+    the runtime's tolerance bound: no near tie)."""
+    srt = np.sort(ref, axis=-1)
+    return np.asarray(top1) == ref.argmax(-1), (srt[:, -1] - srt[:, -2]) > 2 * bound

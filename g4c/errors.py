@@ -21,6 +21,12 @@ class DeviceUnavailableError(G4CError):
     """A runtime's device (GPU, driver, library) is absent."""
 
 
+class NotSupported(G4CError):
+    """The runtime lacks what this call needs (full logits from a server that gives only its
+    top tokens, a model other than the one a server serves): the conformance harness records
+    the test as not supported, with this message, never as failed."""
+
+
 class InputError(G4CError):
     """Bad input to a session: token id out of range, empty prompt, context overflow."""
 

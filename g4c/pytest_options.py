@@ -23,6 +23,12 @@ def pytest_addoption(parser):
                      "values, e.g. 'test_batched_decode_equals_single[n_seq=2]' (g4c.cases)")
     g.addoption("--engine", default=None,
                 help="command line of an engine speaking the engine protocol, for --runtime process (env G4C_ENGINE)")
+    g.addoption("--base-url", default=None,
+                help="an OpenAI-compatible server's API URL, e.g. http://127.0.0.1:8080/v1, for --runtime openai "
+                     "(env G4C_OPENAI_BASE_URL)")
+    g.addoption("--served-model", default=None,
+                help="the model the server serves, as its /v1/models lists it (its GGUF's path), for --runtime openai "
+                     "(env G4C_OPENAI_MODEL)")
 
     g = parser.getgroup("gemma4-conformance benchmarks")
     g.addoption("--bench-model", default=None, help="fixture preset or GGUF path (env G4C_BENCH_MODEL; default tiny)")
@@ -34,10 +40,12 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)  # before conformance/conftest.py's configure picks the runtimes
 def pytest_configure(config):
-    # the process runtime is built by a zero-argument factory (entry points): it reads its
-    # engine's command line from the environment, which --engine sets
-    engine = config.getoption("--engine", None)
-    if engine:
-        import os
+    # the process and openai runtimes are built by zero-argument factories (entry points): they
+    # read their engine's command line, or their server, from the environment, which these set
+    import os
 
-        os.environ["G4C_ENGINE"] = engine
+    for option, env in (("--engine", "G4C_ENGINE"), ("--base-url", "G4C_OPENAI_BASE_URL"),
+                        ("--served-model", "G4C_OPENAI_MODEL")):
+        value = config.getoption(option, None)
+        if value:
+            os.environ[env] = value

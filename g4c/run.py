@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
     p.add_argument("--fault", help="inject a deliberate bug into the cpu runtime, to see the suite catch it")
     p.add_argument("--engine", help='command line of an engine speaking the engine protocol, for --runtime process '
                                     '(docs/engine-protocol.md; env G4C_ENGINE), e.g. "./my-engine --device 0"')
+    p.add_argument("--base-url", help="an OpenAI-compatible server's API URL, for --runtime openai (env "
+                                      "G4C_OPENAI_BASE_URL), e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--served-model", help="the model it serves, as its /v1/models lists it (the GGUF's path), for "
+                                          "--runtime openai (env G4C_OPENAI_MODEL)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
 
@@ -57,8 +61,11 @@ def run(args) -> int:
     if args.model:
         _check_model(args.model)
     _check_results_path(args.json)
-    if args.engine:  # the process runtime reads its engine from the environment (a zero-argument factory)
-        os.environ["G4C_ENGINE"] = args.engine
+    # the process and openai runtimes read their engine or server from the environment (zero-argument factories)
+    for value, env in ((args.engine, "G4C_ENGINE"), (args.base_url, "G4C_OPENAI_BASE_URL"),
+                       (args.served_model, "G4C_OPENAI_MODEL")):
+        if value:
+            os.environ[env] = value
     found = discover()
     asked = args.runtime or [n for n, rt in found.items() if runs_by_default(rt) and rt.availability().ok]
     for name, rt in found.items():

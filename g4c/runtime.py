@@ -26,7 +26,17 @@ for a runtime that supplies its forward.
 
 Everything else is optional and declared in one record, `capabilities = Capabilities(...)`
 on the runtime; a runtime that declares nothing gets the defaults and runs the whole suite
-(tests that need what it lacks report "not supported").
+(tests that need what it lacks report "not supported": a g4c.errors.NotSupported raised
+during a test is that outcome, with its message).
+
+A runtime that gives only the most probable tokens (a server: `logits="top_k"`) has sessions
+whose prefill, decode and logits raise NotSupported, and instead
+
+    top_logprobs(tokens, k, first=0) -> (ids int64 (n - first, k), logprobs float64 (n - first, k))
+
+row j holding the k most probable tokens after tokens[:first + j + 1], most probable first;
+the tests that need only greedy tokens and top-1 (greedy parity, llama.cpp parity at decided
+positions) run on it.
 
 Op-level cases (g4c.opcases.CASES: dequantize, matvec, matmul, rms_norm, rope, attention,
 softcap, gelu_mul, each with its inputs and a float64 expected output) run on a runtime that
@@ -69,9 +79,14 @@ METHODS = {
                    "benchmarks' KV bytes)",
     "memory_bandwidth": "memory_bandwidth() -> dict(bytes_per_s, method, device): the benchmarks' roofline (default: "
                         "host read bandwidth)",
+    "tokenize": "tokenize(model, text) -> list[int]: the engine's own token ids for text (BOS as the model adds it, "
+                "special tokens parsed), held to llama.cpp's",
 }
+LOGITS = ("full", "top_k")  # Capabilities.logits
 
-EVERY_METHOD = frozenset(METHODS)
+# what the suite's own runtimes declare: every method but tokenize, an engine's own tokenizer
+# (a server's), which the suite's runtimes, built on its tokenizer, have no separate one of
+EVERY_METHOD = frozenset(METHODS) - {"tokenize"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class Capabilities:
     ops: frozenset[str] = frozenset()  # ops run_op() runs, from g4c.opcases.OPS
     backend: str = ""  # llama-bench's backend column (default: the runtime's name)
     explicit_only: bool = False  # runs only when named (the CUDA emulator: right, but too slow for every run)
+    logits: str = "full"  # "full": sessions return every logit; "top_k": only top log-probabilities (top_logprobs)
 
     def reads(self, qtype: str) -> bool:
         return self.weight_types is None or qtype in self.weight_types
@@ -129,6 +145,8 @@ def capabilities(rt) -> Capabilities:
     name = getattr(rt, "name", type(rt).__name__)
     if not isinstance(caps, Capabilities):
         raise G4CError(f"runtime {name}: capabilities must be a g4c.runtime.Capabilities, got {type(caps).__name__}")
+    if caps.logits not in LOGITS:
+        raise G4CError(f"runtime {name}: capabilities.logits {caps.logits!r} is not one of {', '.join(LOGITS)}")
     if caps.precision not in TABLE:
         raise G4CError(f"runtime {name}: capabilities.precision {caps.precision!r} is not one of {', '.join(TABLE)}")
     unknown = sorted(set(caps.weight_types or ()) - {t.name for t in SUPPORTED_TYPES})

@@ -87,8 +87,9 @@ def test_outside_runtime_declaring_nothing_runs_the_whole_suite(bare_plugin, tmp
     doc = json.loads(out.read_text())
     counts = doc["counts_by_runtime"]["bare"]
     lacks = {r["test"] for r in doc["tests"].values() if r["outcome"] == "not_supported"}
-    # what it lacks, and nothing else: op-level cases and per-layer traces
-    assert lacks == {"test_op", "test_layer_divergence", "test_k_eq_v_layer_outputs"}, lacks
+    # what it lacks, and nothing else: op-level cases, per-layer traces and a tokenizer of its own
+    assert lacks == {"test_op", "test_layer_divergence", "test_k_eq_v_layer_outputs",
+                     "test_tokenizer_ids_equal_llamacpp"}, lacks
     assert counts["failed"] == counts["departure"] == 0 and counts["passed"] >= 50, counts
     assert all(r["runtime"] == "bare" for r in doc["tests"].values() if r["runtime"])
     assert doc["runtimes"]["bare"]["precision"] == "f32"
