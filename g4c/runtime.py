@@ -53,6 +53,7 @@ does not take) raises g4c.errors.UnsupportedModelError naming the dimension: not
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Mapping, Protocol, Sequence
@@ -254,3 +255,17 @@ class _Broken:
 
     def load(self, *a, **k):
         raise G4CError(f"runtime {self.name}: {self.reason}")
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A per-request timeout of a runtime that talks to an outside engine, from the environment
+    variable `name` (default when unset); G4CError naming the variable when it is not a number
+    of seconds above 0."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        seconds = float(raw) if raw else default
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:  # also NaN
+        raise G4CError(f"{name} {raw!r} must be a number of seconds above 0")
+    return seconds

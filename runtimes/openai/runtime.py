@@ -47,7 +47,7 @@ import numpy as np
 
 from g4c.errors import G4CError, InputError, NotSupported
 from g4c.model import Model
-from g4c.runtime import Availability, Capabilities
+from g4c.runtime import Availability, Capabilities, env_seconds
 from g4c.session import check_load, check_tokens
 
 BASE_URL_ENV = "G4C_OPENAI_BASE_URL"
@@ -361,13 +361,7 @@ def _server() -> Server:
     model = os.environ.get(MODEL_ENV, "").strip()
     if not model:
         raise G4CError(f"no served model: pass --served-model NAME (as GET {url}/models lists it) or set {MODEL_ENV}")
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        timeout = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        timeout = -1.0
-    if not timeout > 0:
-        raise G4CError(f"{TIMEOUT_ENV} {raw!r} must be a number of seconds above 0")
+    timeout = env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
     return _servers(url, model, timeout)
 
 

@@ -38,7 +38,7 @@ from g4c.cases import Case
 from g4c.errors import G4CError, InputError
 from g4c.protocol import MAX_LINE, VERSION, EngineError, Message, ProtocolError, encode, error_from, op_output_shape, read
 from g4c.reference import TRACE_OPS
-from g4c.runtime import Availability, Capabilities, Departure, capabilities
+from g4c.runtime import Availability, Capabilities, Departure, capabilities, env_seconds
 
 ENGINE_ENV = "G4C_ENGINE"
 TIMEOUT_ENV = "G4C_ENGINE_TIMEOUT"
@@ -541,13 +541,7 @@ def _engine() -> Engine:
         argv = shlex.split(text)
     except ValueError as e:
         raise G4CError(f"{ENGINE_ENV} {text!r} is not a command line: {e}") from None
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        timeout = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        timeout = -1.0
-    if not timeout > 0:
-        raise G4CError(f"{TIMEOUT_ENV} {raw!r} must be a number of seconds above 0")
+    timeout = env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
     key = (tuple(argv), timeout)
     if key not in _ENGINES:
         _ENGINES[key] = Engine(argv, timeout)
