@@ -288,8 +288,12 @@ def _softmax_f16(ops, mp):
 
 
 # -- weights and products -----------------------------------------------------------------------
+# These are stated on ops.matmul and ops.dequantize, what the fused kernels compute in one step
+# (runtimes/cpu/kernels.py): each turns the kernels off (ops.FUSED), so that every product goes
+# through the broken function, as a long prompt's do.
 def _matmul_k_tail(ops, mp):
     """Dot products over whole tiles of 64 columns; the tail of a width 64 does not divide dropped."""
+    mp.setattr(ops, "FUSED", False)
     orig = ops.matmul
 
     def matmul(x, w):
@@ -301,6 +305,7 @@ def _matmul_k_tail(ops, mp):
 
 def _matmul_rows_tail(ops, mp):
     """Outputs in whole tiles of 64 rows; the rows of a last partial tile left at zero."""
+    mp.setattr(ops, "FUSED", False)
     orig = ops.matmul
 
     def matmul(x, w):
@@ -313,6 +318,7 @@ def _matmul_rows_tail(ops, mp):
 
 
 def _matmul_f16(ops, mp):
+    mp.setattr(ops, "FUSED", False)
     mp.setattr(ops, "matmul", lambda x, w: (x.astype(F16) @ w.T.astype(F16)).astype(F32))
 
 
@@ -388,6 +394,7 @@ def _misread(qtype: str, rearrange: Callable[[np.ndarray], np.ndarray], *more: s
         from g4c import quants
 
         types = {quants.TYPE_NAMES[t]: quants.layout(quants.TYPE_NAMES[t]) for t in (qtype, *more)}
+        mp.setattr(ops, "FUSED", False)  # see "weights and products" above
         orig = ops.dequantize
 
         def dequantize(raw, qt, n_cols):

@@ -20,6 +20,12 @@ F32 = np.float32
 
 
 # -- weights -------------------------------------------------------------------------------
+# Products go through the fused kernels (kernels.py), which compute matmul(x, dequantize(rows))
+# without the float32 matrix. Off, every product is those two functions: a fault stated on
+# either (conformance/faults.py) turns it off, so that what it breaks is what the runtime runs.
+FUSED = True
+
+
 def dequantize(raw: np.ndarray, qtype, n_cols: int) -> np.ndarray:
     """Raw GGUF rows -> float32 (rows, n_cols): every weight the runtime reads comes through here."""
     return quants.dequantize(raw, qtype, n_cols)

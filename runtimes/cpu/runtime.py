@@ -1,15 +1,16 @@
 """CPU runtime: numpy float32, KV cache, batched prefill and decode, every weight type.
 
-Weights stay memory-mapped and quantized. A model whose matrices fit the dequantization
-budget (G4C_CPU_DEQUANT_BUDGET_MB, default 2048) is dequantized once at load; a larger one
-(the real 12B) is dequantized on the fly in row chunks of at most CHUNK_BYTES, so at most
-one matrix's chunks are live at a time and 7 GB of Q4_0 runs in a few GiB of RAM.
+Weights stay memory-mapped and quantized. Up to MATVEC_ROWS activation rows (decode, short
+prompts) are multiplied by the fused dequantize-and-dot kernels of kernels.py, which read the
+mapped file once per product. Longer prompts go to BLAS: a model whose matrices fit the
+dequantization budget (G4C_CPU_DEQUANT_BUDGET_MB, default 2048) is dequantized once at load;
+a larger one (the real 12B) chunk by chunk into one reused buffer of CHUNK_BYTES per product,
+so 7 GB of Q4_0 runs in the file's pages plus a few hundred MiB.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -21,9 +22,13 @@ from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
 from . import ops
+from .kernels import Kernels
 
 F32 = np.float32
 CHUNK_BYTES = 64 << 20
+# products of at most this many rows use the fused kernels: above it, dequantizing a chunk
+# once for BLAS costs less than the kernels' per-row work (benchmarks/test_kernels.py)
+MATVEC_ROWS = 8
 UBATCH = 128  # prefill rows per forward: bounds the attention scores to UBATCH x heads x keys
 
 
@@ -75,7 +80,7 @@ class CpuRuntime:
         rows = min(UBATCH, n_ctx)
         keys = min(n_ctx, c.window + rows) if all(s.sliding for s in c.layers) else n_ctx
         scratch = (
-            (os.cpu_count() or 1) * CHUNK_BYTES
+            CHUNK_BYTES
             + rows * (6 * c.n_embd + 4 * qd + 3 * F) * 4
             + 3 * rows * c.n_head * keys * 4  # scores, their exponentials, the masked copy
             + rows * model.n_vocab * 4
@@ -91,27 +96,46 @@ class CpuRuntime:
 
 
 class _Matrix:
-    """y = x @ W^T for a GGUF weight, dequantized once or chunk by chunk."""
+    """y = x @ W^T for a GGUF weight: the fused kernels for a few rows; for more, BLAS on the
+    matrix dequantized once at load (keep), or chunk by chunk into the session's buffer."""
 
-    def __init__(self, w: Weight, keep: bool, pool: ThreadPoolExecutor):
-        self.w, self.pool = w, pool
+    def __init__(self, w: Weight, keep: bool, kernels: Kernels, scratch: np.ndarray):
+        self.w, self.kernels, self.scratch = w, kernels, scratch
         self.dense = self.rows(0, w.n_rows) if keep else None
         self.chunk = max(1, CHUNK_BYTES // (4 * w.n_cols))
 
-    def rows(self, a: int, b: int) -> np.ndarray:
+    def rows(self, a: int, b: int, out: np.ndarray | None = None) -> np.ndarray:
+        if ops.FUSED:
+            return self.kernels.dequantize(self.w.raw[a:b], self.w.qtype, self.w.n_cols, out)
         return ops.dequantize(self.w.raw[a:b], self.w.qtype, self.w.n_cols)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if ops.FUSED and len(x) <= MATVEC_ROWS:
+            return self.fused(x)
+        return self.blas(x)
+
+    def fused(self, x: np.ndarray) -> np.ndarray:
+        return self.kernels.matvec(self.w.raw, self.w.qtype, x)
+
+    def blas(self, x: np.ndarray) -> np.ndarray:
         if self.dense is not None:
             return ops.matmul(x, self.dense)
         out = np.empty((x.shape[0], self.w.n_rows), F32)
-
-        def part(a: int) -> None:
+        buf = self.scratch[: self.chunk * self.w.n_cols].reshape(self.chunk, self.w.n_cols)
+        for a in range(0, self.w.n_rows, self.chunk):
             b = min(a + self.chunk, self.w.n_rows)
-            out[:, a:b] = ops.matmul(x, self.rows(a, b))
-
-        list(self.pool.map(part, range(0, self.w.n_rows, self.chunk)))
+            out[:, a:b] = ops.matmul(x, self.rows(a, b, buf))
         return out
+
+
+_KERNELS: list[Kernels] = []
+
+
+def _kernels() -> Kernels:
+    """One thread pool for every session: the kernels split each product over all cores."""
+    if not _KERNELS:
+        _KERNELS.append(Kernels())
+    return _KERNELS[0]
 
 
 class _LayerCache:
@@ -142,16 +166,17 @@ class CpuSession(Session):
         c = self.cfg
         self.plan = check_fits(lambda n: CpuRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                available_host_memory(), f"{model.path} on cpu")
-        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         budget = _budget()
         keep = _dense_bytes(model) <= budget
-        self.mat = {w.name: _Matrix(w, keep, self._pool) for w in model.layer_matrices()}
+        # one chunk buffer for every product (np.empty: its pages are taken only if written)
+        kernels, scratch = _kernels(), np.empty(CHUNK_BYTES // 4, F32)
+        self.mat = {w.name: _Matrix(w, keep, kernels, scratch) for w in model.layer_matrices()}
         self.norm = model.norm_vectors()
         self.out_scale = {i: F32(v) for i, v in model.output_scales().items()}
         self.output_norm = model.weight("output_norm.weight").vector()
         self.embd = model.weight("token_embd.weight")
         out_w = model.weight(ops.output_tensor(c))
-        self.head = _Matrix(out_w, keep and 4 * out_w.n_rows * out_w.n_cols <= budget, self._pool)
+        self.head = _Matrix(out_w, keep and 4 * out_w.n_rows * out_w.n_cols <= budget, kernels, scratch)
         self.rope_freqs = model.rope_freqs
         # full layers start small and grow with the positions held (reserve: allocated whole)
         full_cap = max_context if reserve else min(16, max_context)
