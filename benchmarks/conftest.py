@@ -5,12 +5,19 @@
         --benchmark-json reports/out/bench-cuda-h100.json               the 12B-shaped fixture on a GPU
     G4C_BENCH_MODEL=/models/gemma-4-12b-it-qat-q4_0.gguf pytest benchmarks --benchmark-only
 
+    pytest benchmarks --benchmark-only --bench-runtime cpu,llamacpp --bench-pp 8,64,512 --bench-tg 16
+                                                                        both runtimes on one file, short runs
+
 Options (each with an environment variable): --bench-model (G4C_BENCH_MODEL; a fixture
-preset or a GGUF path; default tiny), --bench-runtime (G4C_BENCH_RUNTIME, comma-separated;
-default every registered runtime, absent ones skipped with the reason), --bench-depths
-(G4C_BENCH_DEPTHS; default 1024,8192,32768), --bench-rounds (G4C_BENCH_ROUNDS; default 3),
---bench-machine (G4C_MACHINE; the label results are merged under in reports; default the
-host name).
+preset or a GGUF path; default tiny), --bench-runtime (G4C_BENCH_RUNTIME; repeatable or
+comma-separated; default every registered runtime, absent ones skipped with the reason; the
+Vulkan load-width probes run only where vulkan is among them), --bench-pp (G4C_BENCH_PP;
+prompt lengths of the prefill test; default 512), --bench-tg (G4C_BENCH_TG; decode lengths of
+the tg test; default 128), --bench-depths (G4C_BENCH_DEPTHS; default 1024,8192,32768),
+--bench-rounds (G4C_BENCH_ROUNDS; default 3), --bench-machine (G4C_MACHINE; the label results
+are merged under in reports; default the host name). A benchmark that the machine's memory
+cannot hold is skipped with the figures (g4c.errors.ResourceUnavailable), wherever in the
+test the runtime finds out.
 
 Each benchmark stores in extra_info what the reports need: tokens/s (mean and standard
 deviation over rounds, as llama-bench), bytes read per step, the runtime's measured memory
@@ -24,7 +31,7 @@ import platform
 
 import pytest
 
-from g4c.conformance.harness import available_or_skip
+from g4c.conformance.harness import available_or_skip, resources_or_skip
 from g4c import bench, provenance
 from g4c import runtime as registry
 from g4c.errors import G4CError
@@ -37,27 +44,50 @@ def _env(name: str, default: str) -> str:
 # the options (--runtime, ...): g4c/pytest_options.py, a pytest11 entry point
 
 
-def pytest_configure(config):
-    asked = config.getoption("--bench-runtime") or [r for r in _env("G4C_BENCH_RUNTIME", "").split(",") if r]
+def _sizes(config, option: str, env: str, default: str) -> list[int]:
+    """Comma-separated counts of 1 or more from the option, else its environment variable, else
+    the default, each once; pytest.UsageError naming where a value came from otherwise."""
+    given = config.getoption(option)
+    text = given or _env(env, default)
     try:
-        config._g4c_bench_runtimes = registry.select(asked)
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise pytest.UsageError(f"{option if given else env} must be comma-separated integers of 1 or more, got {text!r}")
+    return list(dict.fromkeys(sizes))
+
+
+def pytest_configure(config):
+    asked = [r for v in (config.getoption("--bench-runtime") or [_env("G4C_BENCH_RUNTIME", "")]) for r in v.split(",") if r]
+    try:
+        config._g4c_bench_runtimes = registry.select(list(dict.fromkeys(asked)))
     except G4CError as e:
         raise pytest.UsageError(str(e)) from None
-    depths = config.getoption("--bench-depths") or _env("G4C_BENCH_DEPTHS", "1024,8192,32768")
-    try:
-        config._g4c_bench_depths = [int(d) for d in depths.split(",") if d.strip()]
-    except ValueError:
-        raise pytest.UsageError(f"--bench-depths must be comma-separated integers, got {depths!r}") from None
+    config._g4c_bench_sizes = {
+        "n_prompt": ("pp", _sizes(config, "--bench-pp", "G4C_BENCH_PP", "512")),
+        "n_gen": ("tg", _sizes(config, "--bench-tg", "G4C_BENCH_TG", "128")),
+        "depth": ("d", _sizes(config, "--bench-depths", "G4C_BENCH_DEPTHS", "1024,8192,32768")),
+    }
     config._g4c_bench_rows = []
+    config._g4c_kernel_rows = []  # benchmarks/test_kernels.py's lines for the summary
 
 
 def pytest_generate_tests(metafunc):
     if "bench_runtime" in metafunc.fixturenames:
         names = list(metafunc.config._g4c_bench_runtimes)
         metafunc.parametrize("bench_runtime", names, indirect=True, ids=names)
-    if "depth" in metafunc.fixturenames:
-        depths = metafunc.config._g4c_bench_depths
-        metafunc.parametrize("depth", depths, ids=[f"d{d}" for d in depths])
+    for arg, (prefix, sizes) in metafunc.config._g4c_bench_sizes.items():
+        if arg in metafunc.fixturenames:
+            metafunc.parametrize(arg, sizes, ids=[f"{prefix}{n}" for n in sizes])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    # a runtime that grows its caches as positions are held (llamacpp's context) learns that
+    # the memory is short when a test prefills or decodes, not only at load
+    with resources_or_skip():
+        return (yield)
 
 
 @pytest.fixture
@@ -149,6 +179,11 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    kernel_rows = getattr(config, "_g4c_kernel_rows", [])
+    if kernel_rows:
+        terminalreporter.section("cpu kernels (benchmarks/test_kernels.py, best of the rounds)")
+        for line in kernel_rows:
+            terminalreporter.write_line(line)
     rows = getattr(config, "_g4c_bench_rows", [])
     if rows:
         terminalreporter.section("llama-bench table")

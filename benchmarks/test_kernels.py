@@ -7,7 +7,7 @@ of weights read and their fraction of the bandwidth. Reaching it means the loops
 a scalar loop reads Q4_0 at a fifth of it (see kernels._compile).
 
 test_product: the two ways runtime.py multiplies a 12B-sized matrix (15360 x 3840, Q4_0)
-by m rows, the fused kernels and a chunked dequantization for BLAS, at m = 1, 8, 64, 512:
+by m rows, the fused kernels and a chunked dequantization for BLAS, at m = 1 to 512:
 MATVEC_ROWS, where the runtime changes from one to the other, comes from these figures.
 
 Each benchmark checks what it timed against the numpy product (f32 bound, as in
@@ -32,12 +32,15 @@ TILE_ROWS = 64  # rows quantized for real; the matrix repeats them (quantizing 9
 
 
 @pytest.fixture(scope="module")
-def bandwidth():
+def host_bandwidth():
     return bench.host_read_bandwidth()
 
 
 @pytest.fixture(scope="module")
-def kernels():
+def kernels(request):
+    chosen = request.config._g4c_bench_runtimes  # benchmarks/conftest.py: those asked for, else every default one
+    if "cpu" not in chosen:
+        pytest.skip(f"--bench-runtime asks for {', '.join(chosen)}, not cpu: these measure the cpu runtime's kernels")
     return K.Kernels()
 
 
@@ -59,22 +62,25 @@ def _check(y: np.ndarray, x: np.ndarray, w: np.ndarray, what: str) -> None:
 
 
 @pytest.mark.parametrize("qtype", list(K.CODE), ids=lambda t: t.name)
-def test_matvec(benchmark, kernels, bandwidth, qtype):
+def test_matvec(request, benchmark, kernels, host_bandwidth, qtype):
     raw, w = _matrix(qtype, N_COLS, MATRIX_BYTES)
     x = np.random.default_rng(1).standard_normal((1, N_COLS)).astype(F32)
     y = benchmark.pedantic(kernels.matvec, args=(raw, qtype, x), rounds=5, warmup_rounds=1)
     _check(y, x, w, f"matvec {qtype.name}")
     if benchmark.stats is not None:
+        bw = host_bandwidth["bytes_per_s"]
         gbs = raw.nbytes / benchmark.stats.stats.min
         benchmark.extra_info.update(kernel="matvec", format=qtype.name, rows=raw.shape[0], cols=N_COLS,
                                     weight_bytes=raw.nbytes, threads=kernels.threads, bytes_per_s=gbs,
-                                    bandwidth_bytes_per_s=bandwidth["bytes_per_s"], bandwidth_method=bandwidth["method"],
-                                    bandwidth_fraction=gbs / bandwidth["bytes_per_s"])
+                                    bandwidth_bytes_per_s=bw, bandwidth_method=host_bandwidth["method"],
+                                    bandwidth_fraction=gbs / bw)
+        request.config._g4c_kernel_rows.append(f"matvec {qtype.name:5s} {gbs / 1e9:6.2f} GB/s of weights, "
+                                               f"{100 * gbs / bw:5.1f}% of the host's {bw / 1e9:.1f} GB/s")
 
 
 @pytest.mark.parametrize("path", ["fused", "blas"])
-@pytest.mark.parametrize("m", [1, 8, 64, 512])
-def test_product(benchmark, kernels, bandwidth, m, path):
+@pytest.mark.parametrize("m", [1, 8, 16, 32, 64, 512])
+def test_product(request, benchmark, kernels, host_bandwidth, m, path):
     if path == "fused" and m > 64:
         pytest.skip(f"the fused kernels at {m} rows would take minutes; runtime.py uses them up to {MATVEC_ROWS}")
     n_rows, n_cols = 15360, 3840  # the 12B preset's ffn_gate
@@ -88,4 +94,5 @@ def test_product(benchmark, kernels, bandwidth, m, path):
         t = benchmark.stats.stats.min
         benchmark.extra_info.update(kernel=path, format="Q4_0", rows=raw.shape[0], cols=n_cols, m=m,
                                     weight_bytes=raw.nbytes, bytes_per_s=raw.nbytes / t, rows_per_s=m / t,
-                                    bandwidth_bytes_per_s=bandwidth["bytes_per_s"])
+                                    bandwidth_bytes_per_s=host_bandwidth["bytes_per_s"])
+        request.config._g4c_kernel_rows.append(f"Q4_0 15360x3840 times {m:3d} rows, {path:5s}: {1e3 * t:8.1f} ms")

@@ -1,8 +1,19 @@
-"""llama-bench's tests, per runtime: pp512, tg128, tg32 at depth, batched decode N = 1, 4, 16.
+"""llama-bench's tests, per runtime: pp (prompt lengths --bench-pp, default 512), tg (decode
+lengths --bench-tg, default 128), tg32 at depth, batched decode N = 1, 4, 16.
 
 Timed calls return host logits, so a device runtime has finished its work when the clock
 stops. Untimed setup (pedantic's setup=) resets and refills the sequences; decode feeds
 fixed ordinary tokens, as llama-bench does, so sampling costs nothing.
+
+After the timed rounds each test checks, untimed, that what it timed computed something (a
+row of the vocabulary's length, finite, not constant: g4c.bench.check_row) and, where a second
+way costs about one round, the right thing: pp's last logits against prefilling all but the
+last token then decoding it (g4c.bench.check_prefill); tg's last decode, and batched decode's
+last sequence, against one prefill of the same tokens (g4c.bench.check_decode); the greedy
+token must agree, or tie within the runtime's tolerance. NaN, all-zero logits, a prefill
+returning another row than the last, a decode that ignores or loses its cache and a batch whose
+rows read other sequences' caches fail there. The depth tests check the row only: a second way
+means a second prefill of the whole depth.
 """
 
 from __future__ import annotations
@@ -13,8 +24,9 @@ import pytest
 from g4c import bench
 from g4c.plan import kv_bytes
 from g4c.runtime import has_method
+from g4c.tolerance import for_runtime
 
-PP, TG, DEPTH_TG, BATCH_TG = 512, 128, 32, 32
+DEPTH_TG, BATCH_TG = 32, 32
 
 
 def _tokens(model, n: int, seed: int = 0) -> list[int]:
@@ -37,17 +49,18 @@ def _load(runtime, model, max_context: int, n_seq: int = 1):
     return runtime.load(model, max_context, n_seq)
 
 
-def test_pp512(benchmark, bench_runtime, bench_model, rounds, record):
-    sess = _load(bench_runtime, bench_model, PP)
-    toks = _tokens(bench_model, PP)
-    benchmark.pedantic(lambda: sess.prefill(toks, 0, all_logits=False), setup=sess.reset,
-                       rounds=rounds, warmup_rounds=1)
-    record(f"pp{PP}", PP, bench.decode_weight_bytes(bench_model), 1)
+def test_pp(benchmark, bench_runtime, bench_model, rounds, record, n_prompt):
+    sess = _load(bench_runtime, bench_model, n_prompt)
+    toks = _tokens(bench_model, n_prompt)
+    timed = benchmark.pedantic(lambda: sess.prefill(toks, 0, all_logits=False), setup=sess.reset,
+                               rounds=rounds, warmup_rounds=1)
+    bench.check_prefill(sess, bench_model, toks, timed[-1], for_runtime(bench_runtime), f"pp{n_prompt}'s last logits")
+    record(f"pp{n_prompt}", n_prompt, bench.decode_weight_bytes(bench_model), 1)
 
 
-def test_tg128(benchmark, bench_runtime, bench_model, rounds, record):
-    sess = _load(bench_runtime, bench_model, TG + 1)
-    toks = _tokens(bench_model, TG + 1, seed=1)
+def test_tg(benchmark, bench_runtime, bench_model, rounds, record, n_gen):
+    sess = _load(bench_runtime, bench_model, n_gen + 1)
+    toks = _tokens(bench_model, n_gen + 1, seed=1)
 
     def setup():
         sess.reset()
@@ -55,11 +68,14 @@ def test_tg128(benchmark, bench_runtime, bench_model, rounds, record):
 
     def run():
         for t in toks[1:]:
-            sess.decode([t])
+            out = sess.decode([t])
+        return out
 
-    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
-    # mean depth TG/2: the KV read is small beside the weights, counted all the same
-    record(f"tg{TG}", TG, bench.decode_weight_bytes(bench_model) + _kv_read(bench_runtime, bench_model, TG // 2), TG)
+    timed = benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    bench.check_decode(sess, bench_model, toks, timed[0], for_runtime(bench_runtime), f"tg{n_gen}'s last decode")
+    # mean depth n_gen/2: the KV read is small beside the weights, counted all the same
+    record(f"tg{n_gen}", n_gen, bench.decode_weight_bytes(bench_model) + _kv_read(bench_runtime, bench_model, n_gen // 2),
+           n_gen)
 
 
 def test_tg_at_depth(benchmark, bench_runtime, bench_model, rounds, record, depth):
@@ -72,9 +88,11 @@ def test_tg_at_depth(benchmark, bench_runtime, bench_model, rounds, record, dept
 
     def run():
         for t in toks:
-            sess.decode([t])
+            out = sess.decode([t])
+        return out
 
-    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    timed = benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    bench.check_row(timed[0], bench_model.n_vocab, f"tg{DEPTH_TG} @ d{depth}'s last decode")
     kv = _kv_read(bench_runtime, bench_model, depth + n_decode // 2)
     record(f"tg{DEPTH_TG} @ d{depth}", DEPTH_TG, bench.decode_weight_bytes(bench_model) + kv, DEPTH_TG,
            depth=depth, kv_bytes_per_step=kv)
@@ -95,9 +113,16 @@ def test_batched_decode(benchmark, bench_runtime, bench_model, rounds, record, n
 
     def run():
         for t in steps:
-            sess.decode(t)
+            out = sess.decode(t)
+        return out
 
-    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    timed = benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    for s, row in enumerate(timed[:-1]):
+        bench.check_row(row, bench_model.n_vocab, f"tg{BATCH_TG} x{n_seq}'s last decode of sequence {s}")
+    # the last sequence against a prefill of it alone: a batch that mixes sequences up reads it from another's cache
+    last = n_seq - 1
+    bench.check_decode(sess, bench_model, [first[last]] + [t[last] for t in steps], timed[last], for_runtime(bench_runtime),
+                       f"tg{BATCH_TG} x{n_seq}'s last decode of sequence {last}", seq=last)
     kv = _kv_read(bench_runtime, bench_model, BATCH_TG // 2, n_seq)
     record(f"tg{BATCH_TG} x{n_seq}", n_seq * BATCH_TG, bench.decode_weight_bytes(bench_model) + kv, BATCH_TG,
            n_seq=n_seq)

@@ -4,8 +4,9 @@ load per lane, so fewer, wider loads win; 16-bit storage means more, narrower on
 
 A 96 MiB buffer is summed by 512 workgroups of 64 lanes reading uint16_t, f16vec4 (both
 16-bit storage), uint or uint64_t elements; extra_info holds the bytes read per second.
-Skipped, with the reason, without a Vulkan device, and per width the device lacks (16-bit
-storage, shaderInt64)."""
+Skipped, with the reason, without a Vulkan device, per width the device lacks (16-bit
+storage, shaderInt64), and where --bench-runtime (G4C_BENCH_RUNTIME) names runtimes but not
+vulkan."""
 
 import numpy as np
 import pytest
@@ -18,7 +19,10 @@ GROUPS = 512
 
 
 @pytest.fixture(scope="module")
-def probe():
+def probe(request):
+    chosen = request.config._g4c_bench_runtimes  # benchmarks/conftest.py: those asked for, else every default one
+    if "vulkan" not in chosen:
+        pytest.skip(f"--bench-runtime asks for {', '.join(chosen)}, not vulkan: these probes measure the vulkan device")
     from g4c.runtimes.vulkan.device import Device
 
     try:

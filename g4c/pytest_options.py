@@ -32,7 +32,12 @@ def pytest_addoption(parser):
 
     g = parser.getgroup("gemma4-conformance benchmarks")
     g.addoption("--bench-model", default=None, help="fixture preset or GGUF path (env G4C_BENCH_MODEL; default tiny)")
-    g.addoption("--bench-runtime", action="append", default=[], help="runtime to benchmark (repeatable; env G4C_BENCH_RUNTIME)")
+    g.addoption("--bench-runtime", action="append", default=[],
+                help="runtime to benchmark (repeatable or comma-separated; env G4C_BENCH_RUNTIME)")
+    g.addoption("--bench-pp", default=None,
+                help="prompt lengths of the prefill test, comma-separated (env G4C_BENCH_PP; default 512)")
+    g.addoption("--bench-tg", default=None,
+                help="decode lengths of the tg test, comma-separated (env G4C_BENCH_TG; default 128)")
     g.addoption("--bench-depths", default=None, help="decode depths, comma-separated (env G4C_BENCH_DEPTHS)")
     g.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (env G4C_BENCH_ROUNDS)")
     g.addoption("--bench-machine", default=None, help="machine label for merged reports (env G4C_MACHINE)")

@@ -15,6 +15,19 @@ Rewinding (start_pos below the next position) removes the tail with llama_memory
 where llama.cpp cannot remove part of a sliding-window cache, the session base
 (g4c.session.Session) clears the sequence and evaluates its kept tokens again.
 
+The context: positions are values in llama.cpp's cache cells, not indices, so a context only
+needs a cell per token a sequence holds, and a prompt at position 262136 fits a small one. A
+session may hold max_context positions per sequence; its context starts at
+min(max_context, G4C_LLAMACPP_CTX, default 8192) cells per sequence, since the conformance
+tests load with max_context = the model's whole context (to place prompts anywhere in it)
+and hold at most a few thousand tokens (a context of 262144 costs 2 GiB and a second per load
+on the tiny fixture, 180 GiB on the schema fixture). A call that would fill the context grows
+it first, to twice what the sequences then hold (at most max_context): a new context, into
+which the tokens held are evaluated again (none when a prefill starts a sequence: the
+benchmarks' prefill to a depth grows before it evaluates). Each context is planned first
+(memory_plan): a machine short of memory for it raises ResourceUnavailable with the figures,
+at load for the first context, before the call that needs a larger one.
+
 A llama.cpp fork plugs in by library path: G4C_LLAMA_LIB=/path/to/libllama.so is checked for
 every C function this runtime calls (the runtime is unavailable, naming the missing ones and
 the file, if any is absent), then loaded in place of llama-cpp-python's own through its
@@ -34,11 +47,14 @@ import numpy as np
 from g4c import quants
 from g4c.errors import DeviceUnavailableError, G4CError
 from g4c.model import Model
+from g4c.plan import MemoryPlan, available_host_memory, check_fits
 from g4c.runtime import Availability, Capabilities, departure
 from g4c.session import Session
 
 N_BATCH = 512
+CTX_ENV, DEFAULT_CTX = "G4C_LLAMACPP_CTX", 8192  # cells per sequence a context starts with
 KV_TYPES = {"f32": 0, "f16": 1}
+KV_BYTES = {"f32": 4, "f16": 2}
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 LIB_ENV = "G4C_LLAMA_LIB"
 # the name llama-cpp-python loads from the directory LLAMA_CPP_LIB_PATH names
@@ -116,6 +132,34 @@ ACTIVATIONS = ("llama.cpp's CPU matmuls round the activations before multiplying
 REAL_270M = ACTIVATIONS + " (the 270M is Q4_K/Q5_0/Q6_K/Q8_0; its F32 copy passes)"
 # the weight types whose matmuls round the activations: all but F32 and F16
 ROUNDED = tuple(t.name for t in quants.SUPPORTED_TYPES if t.name not in ("F32", "F16"))
+
+
+def memory_plan(model: Model, n_ctx: int, n_seq: int = 1, kv_type: str = "f32") -> MemoryPlan:
+    """Host memory of a session whose context holds n_ctx cells per sequence, as llama.cpp
+    0.3.36 allocates it (its log's buffer sizes on the tiny, schema and Gemma 3 270M files):
+    the mapped file; a KV cache per sequence with every layer at n_ctx cells (llama-cpp-python's
+    default swa_full keeps sliding layers whole); and a compute buffer reserved for a
+    micro-batch of N_BATCH rows against the whole context, the larger of attention scores and
+    mask, (heads + 2) x n_ctx floats per row, and the head's logits, plus the activations and
+    the output buffer of a micro-batch's logits (every row's, as prefill may ask)."""
+    c = model.config
+    owners = c.layers[: c.n_layer - c.shared_kv_layers]
+    kv = n_seq * n_ctx * sum(2 * s.n_head_kv * s.head_dim * KV_BYTES[kv_type] for s in owners)
+    qd = max(c.n_head * s.head_dim for s in c.layers)
+    rows = N_BATCH * 4  # bytes per float of each row of a micro-batch
+    scratch = (rows * max((c.n_head + 2) * n_ctx, model.n_vocab)
+               + rows * (6 * c.n_embd + 4 * qd + 3 * max(s.n_ff for s in c.layers))
+               + rows * model.n_vocab)
+    return MemoryPlan("llamacpp", n_ctx, n_seq, model.weight_bytes, kv, scratch, "host")
+
+
+def _first_context() -> int:
+    """Cells per sequence a context starts with: G4C_LLAMACPP_CTX, default 8192; G4CError
+    naming the variable when it is not a whole number of 1 or more."""
+    raw = os.environ.get(CTX_ENV, "").strip() or str(DEFAULT_CTX)
+    if not raw.isdigit() or int(raw) < 1:
+        raise G4CError(f"{CTX_ENV} must be a whole number of cells of 1 or more, got {raw!r}")
+    return int(raw)
 
 
 class LlamaCppRuntime:
@@ -198,6 +242,9 @@ class LlamaCppSession(Session):
         self.kv_type = os.environ.get("G4C_LLAMACPP_KV", "f32")
         if self.kv_type not in KV_TYPES:
             raise G4CError(f"G4C_LLAMACPP_KV must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
+        first = min(max_context, _first_context())
+        self._plan = check_fits(lambda n: memory_plan(model, n, n_seq, self.kv_type), first, max_context,
+                                available_host_memory(), f"{model.path} on llamacpp")
         mp = lib.llama_model_default_params()
         mp.n_gpu_layers = 0
         self._model = lib.llama_model_load_from_file(str(model.path).encode(), mp)
@@ -207,9 +254,6 @@ class LlamaCppSession(Session):
         if lib.llama_vocab_n_tokens(vocab) != model.n_vocab:
             raise G4CError(f"{model.path}: llama.cpp sees {lib.llama_vocab_n_tokens(vocab)} tokens, the file {model.n_vocab}")
         cp = lib.llama_context_default_params()
-        # positions are values in llama.cpp's cache cells, not indices: the cache only needs
-        # room for the tokens held, so a prompt at position 262136 fits a small context
-        cp.n_ctx = n_seq * min(max_context, int(os.environ.get("G4C_LLAMACPP_CTX", "8192")))
         cp.n_batch = cp.n_ubatch = N_BATCH
         cp.n_seq_max = n_seq
         cp.n_threads = cp.n_threads_batch = os.cpu_count() or 1
@@ -222,15 +266,41 @@ class LlamaCppSession(Session):
         cp.flash_attn_type = FLASH_ATTN[fa]
         self.flash_attn = fa
         cp.no_perf = True
-        self._ctx = lib.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            lib.llama_model_free(self._model)
-            raise G4CError(f"{model.path}: llama.cpp could not create a context of {cp.n_ctx}")
-        self.n_ctx = lib.llama_n_ctx(self._ctx)
-        self.held_limit = self.n_ctx // n_seq
-        self.held_why = "llama.cpp's context per sequence (G4C_LLAMACPP_CTX sets it)"
-        self._mem = lib.llama_get_memory(self._ctx)
+        self._cp, self._ctx = cp, None
         self._batch = lib.llama_batch_init(N_BATCH, 0, n_seq)
+        self._new_context(first)
+
+    def _new_context(self, per_seq: int) -> None:
+        """Replace the context (empty caches) with one of per_seq cells per sequence."""
+        if self._ctx:
+            self.lib.llama_free(self._ctx)
+            self._ctx = None
+        self._cp.n_ctx = self.n_seq * per_seq
+        self._ctx = self.lib.llama_init_from_model(self._model, self._cp)
+        if not self._ctx:
+            raise G4CError(f"{self.model.path}: llama.cpp could not create a context of {per_seq} cells per sequence "
+                           f"x {self.n_seq} (llama_init_from_model failed)")
+        self.n_ctx = self.lib.llama_n_ctx(self._ctx)
+        self.per_seq = self.n_ctx // self.n_seq  # llama.cpp may round the context up
+        self._mem = self.lib.llama_get_memory(self._ctx)
+
+    def _check_held(self, held: int) -> None:
+        """Grow the context before a call that would leave a sequence holding `held` positions
+        in a full one (the session base has bounded held by max_context): to twice that, at
+        most max_context, planned against the memory available plus what this context frees,
+        then the tokens every sequence holds evaluated into it again."""
+        if held < self.per_seq or self.per_seq >= self.max_context:
+            return
+        per_seq = min(self.max_context, 2 * held)
+        self._plan = check_fits(lambda n: memory_plan(self.model, n, self.n_seq, self.kv_type), per_seq,
+                                self.max_context, available_host_memory() + self._plan.total,
+                                f"{self.model.path} on llamacpp, growing its context for {held} positions held")
+        self._new_context(per_seq)
+        for q in range(self.n_seq):
+            toks = np.array(self.history[q], np.int64)
+            for a in range(0, len(toks), N_BATCH):
+                part = toks[a:a + N_BATCH]
+                self._forward(part, np.full(len(part), q), self.base[q] + a + np.arange(len(part)), False)
 
     def __del__(self):
         lib = getattr(self, "lib", None)
@@ -271,6 +341,8 @@ class LlamaCppSession(Session):
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
         """One llama_decode of at most N_BATCH rows; logits of every row (or of the last)."""
+        if not self._ctx:
+            raise G4CError(f"{self.model.path}: this session has no llama.cpp context (creating a larger one failed)")
         n, b = len(toks), self._batch
         for i in range(n):
             b.token[i] = int(toks[i])
