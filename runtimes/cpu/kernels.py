@@ -33,6 +33,9 @@ CODE = {QT.F32: 0, QT.F16: 1, QT.BF16: 2, QT.Q8_0: 3, QT.Q4_0: 4, QT.Q5_0: 5, QT
 # every float16 bit pattern as float32, by numpy's exact conversion: block scales and F16
 # weights are looked up (numba has no float16)
 F16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+# bytes read ahead of the row being decoded: streaming the 12B's matrices from memory, 3.5
+# against 2.5 GB/s without (Q4_0, two threads)
+AHEAD = 6144
 # a thread's share of a matrix is at least this many bytes: below it, starting threads costs
 # more than it saves
 MIN_SHARE = 256 << 10
@@ -256,6 +259,19 @@ def _dot(code, bs, row, b, lut, x, acc, n16):
 
 
 @numba.njit(inline="always")
+def _touch(raw, r, r1):
+    """Read one byte per cache line of the bytes AHEAD past row r's start, within rows < r1:
+    the loads run while row r is decoded, so its successors come from memory in time. Kernels
+    return the sum, so the loads cannot be optimized away."""
+    rb = raw.shape[1]
+    flat = raw.reshape(raw.shape[0] * rb)
+    t = np.uint32(0)
+    for k in range(r * rb + AHEAD, min((r + 1) * rb + AHEAD, r1 * rb), 64):
+        t += flat[k]
+    return t
+
+
+@numba.njit(inline="always")
 def _block(code, bs, row, b, lut, out, o, n16):
     """Block b of a row into out[o:o + bs]; code and bs are constants where it is inlined."""
     if code == 3:
@@ -283,9 +299,11 @@ def _compile(code: int, bs: int):
     def matvec(raw, lut, x, out, r0, r1, n16):
         """out[:, r] = x @ dequantized(raw[r]) for rows r0..r1: x (m, n_cols) f32, out (m, rows)."""
         m, n = x.shape
+        t = np.uint32(0)
         if code <= 2:  # float rows: decoded whole (F32: read in place), then one dot per x row
             buf = np.empty(n, F32)
             for r in range(r0, r1):
+                t += _touch(raw, r, r1)
                 w = raw[r].view(np.float32) if code == 0 else buf
                 if code != 0:
                     _float_row(code, raw[r], lut, buf)
@@ -294,20 +312,22 @@ def _compile(code: int, bs: int):
                     for j in range(n):
                         s += w[j] * x[i, j]
                     out[i, r] = s
-            return
+            return t
         nb = n // bs
         if m == 1:  # decode: the fused dots
             acc = np.empty(2 * n16, F32)
             xr = x[0]
             for r in range(r0, r1):
+                t += _touch(raw, r, r1)
                 row = raw[r]
                 acc[:] = 0
                 for b in range(nb):
                     _dot(code, bs, row, b, lut, xr, acc, n16)
                 out[0, r] = acc.sum()
-            return
+            return t
         buf = np.empty(n, F32)  # a few rows: each weight row decoded once, then one dot per x row
         for r in range(r0, r1):
+            t += _touch(raw, r, r1)
             row = raw[r]
             for b in range(nb):
                 _block(code, bs, row, b, lut, buf, b * bs, n16)
@@ -316,12 +336,15 @@ def _compile(code: int, bs: int):
                 for j in range(n):
                     s += buf[j] * x[i, j]
                 out[i, r] = s
+        return t
 
     @numba.njit(nogil=True, cache=True)
     def dequantize(raw, lut, out, r0, r1, n16):
         """out[r - r0] = dequantized(raw[r]) for rows r0..r1 (exactly g4c/quants.py's values)."""
         nb = out.shape[1] // bs
+        t = np.uint32(0)
         for r in range(r0, r1):
+            t += _touch(raw, r, r1)
             row = raw[r]
             dst = out[r - r0]
             if code <= 2:
@@ -329,6 +352,7 @@ def _compile(code: int, bs: int):
                 continue
             for b in range(nb):
                 _block(code, bs, row, b, lut, dst, b * bs, n16)
+        return t
 
     return matvec, dequantize
 

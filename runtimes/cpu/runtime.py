@@ -25,10 +25,11 @@ from . import ops
 from .kernels import Kernels
 
 F32 = np.float32
-CHUNK_BYTES = 64 << 20
-# products of at most this many rows use the fused kernels: above it, dequantizing a chunk
-# once for BLAS costs less than the kernels' per-row work (benchmarks/test_kernels.py)
-MATVEC_ROWS = 8
+CHUNK_BYTES = 16 << 20  # the chunk BLAS reads: 16 MiB took 68 ms where 64 MiB took 88 (12B ffn_gate, 64 rows)
+# products of at most this many rows use the fused kernels: above it, dequantizing chunks for
+# BLAS costs less (benchmarks/test_kernels.py, 12B ffn_gate: fused 24, 46, 54, 173 ms at 8, 16,
+# 32, 64 rows; BLAS 48, 58, 66, 99)
+MATVEC_ROWS = 32
 UBATCH = 128  # prefill rows per forward: bounds the attention scores to UBATCH x heads x keys
 
 
