@@ -26,6 +26,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from g4c import quants
+from g4c.paths import cache_dir
 
 F32 = np.float32
 # the format codes the kernels branch on (numba compiles one function for all of them)
@@ -39,6 +40,36 @@ AHEAD = 6144
 # a thread's share of a matrix is at least this many bytes: below it, starting threads costs
 # more than it saves
 MIN_SHARE = 256 << 10
+
+def _share_the_cache() -> None:
+    """Keep this file's compiled kernels in the suite's cache directory ($G4C_CACHE/numba), not
+    beside the source: numba keys entries by the file's content (sha256) and each function's
+    name and line, so a source tree and an installed wheel of the same code share one compile
+    (about a minute on 2 cores), as do every process and virtualenv of a machine. Left to numba
+    where NUMBA_CACHE_DIR is set, or where its (private) locator list has moved."""
+    from numba.core import caching
+
+    base = getattr(caching, "UserProvidedCacheLocator", None)
+    impl = getattr(caching, "CacheImpl", None)
+    if base is None or impl is None or numba.config.CACHE_DIR:
+        return
+    this = os.path.abspath(__file__)
+
+    class SharedLocator(base):
+        def __init__(self, py_func, py_file):
+            self._py_file, self._lineno = py_file, py_func.__code__.co_firstlineno
+            self._cache_path = str(cache_dir() / "numba")
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.abspath(py_file) != this:
+                return None
+            return super(base, cls).from_function(py_func, py_file)  # the source-file mixin's: checks the directory
+
+    impl._locator_classes.insert(0, SharedLocator)
+
+
+_share_the_cache()
 
 # element-wise loops vectorize without these; the dot products' lane sums and the scale
 # products may be reassociated and fused, as BLAS's are (f32 rounding either way)
