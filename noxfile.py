@@ -20,7 +20,7 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]", "vulkan": ".[dev]"}
+RUNTIMES = {"cpu": ".[dev]", "cuda": ".[dev,cuda]", "llamacpp": ".[dev,llamacpp]", "opencl": ".[dev]", "vulkan": ".[dev]"}
 # llama-cpp-python builds its vendored llama.cpp from source (CPU, ~6 to 25 min on 2 cores)
 LLAMACPP_CMAKE = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 if platform.machine() in ("x86_64", "AMD64"):
@@ -45,18 +45,19 @@ def _machine() -> str:
 @nox.session
 def tests(session):
     """The whole test suite, then a real run turned into the report: unit tests, fault
-    injection and conformance of the cpu and vulkan runtimes and of the cuda runtime on its
+    injection and conformance of the cpu, vulkan and opencl runtimes and of the cuda runtime on its
     CPU emulator (results kept), the benchmarks on the tiny
     preset, the HTML report from those runs and the committed ones, and the report opened in
     headless Chromium (tests/test_report.py)."""
     session.install("-e", ".[dev]")
     os.makedirs("reports/out", exist_ok=True)
     label = _machine()
-    # conformance of the cpu and vulkan runtimes (vulkan on lavapipe, Mesa's CPU device, in
-    # CI: the wide kernel path, about 6 minutes on 2 cores; tests/test_vulkan_ops.py runs the
-    # baseline path too); cuda and llamacpp have their own sessions
+    # conformance of the cpu, vulkan and opencl runtimes (vulkan on lavapipe, Mesa's CPU
+    # device, in CI: the wide kernel path, about 6 minutes on 2 cores; tests/test_vulkan_ops.py
+    # runs the baseline path too; opencl on PoCL's CPU device: the plain path, about 4 minutes;
+    # tests/test_opencl.py runs the sub-group path too); cuda and llamacpp have their own sessions
     # (tests/test_faults.py writes which tests caught each fault: the report's catch matrix)
-    session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu", "--runtime", "vulkan",
+    session.run("python", "-m", "pytest", "tests", "conformance", "--runtime", "cpu", "--runtime", "vulkan", "--runtime", "opencl",
                 "--results-json", f"reports/out/conformance-{label}.json", *session.posargs,
                 env={"G4C_FAULTS_JSON": f"reports/out/faults-{label}.json", "G4C_MACHINE": label})
     # the cuda runtime's kernels and host code on the CPU emulator (no GPU here): the cases
@@ -67,7 +68,7 @@ def tests(session):
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "-p", "no:cacheprovider", "--bench-runtime", "cpu",
                 "--benchmark-json", f"reports/out/bench-{label}.json", env={"G4C_MACHINE": label})
     # the op cases as a perf run (each checked before it is timed; seconds): GB/s per op in the report
-    for rt in ("cpu", "vulkan"):
+    for rt in ("cpu", "vulkan", "opencl"):
         session.run("python", "-m", "g4c.opcases", "--perf", "--runtime", rt, "--json", f"reports/out/ops-{rt}-{label}.json",
                     env={"G4C_MACHINE": label})
     session.run("python", "-m", "g4c.reports.build")

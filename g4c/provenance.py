@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1]  # the checkout (or site-packages when installed)
-PACKAGES = ("gemma4-conformance", "numpy", "gguf", "pytest", "cupy-cuda13x", "vulkan", "llama-cpp-python")
+PACKAGES = ("gemma4-conformance", "numpy", "gguf", "pytest", "cupy-cuda13x", "vulkan", "pyopencl", "llama-cpp-python")
 
 
 def commit() -> dict:

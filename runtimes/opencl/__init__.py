@@ -1,0 +1,5 @@
+"""OpenCL runtime: the forward in OpenCL C kernels (kernels/*.cl), through pyopencl."""
+
+from .runtime import OpenCLRuntime
+
+__all__ = ["OpenCLRuntime"]
