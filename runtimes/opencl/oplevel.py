@@ -17,8 +17,9 @@ from g4c import quants
 from g4c.errors import UnsupportedModelError
 from g4c.opcases import OpCase, timed
 from g4c.rope import inv_freq_f32
+from g4c.slots import attention_cache, cs_table
 
-from .runtime import GELU_MUL, SOFTCAP, UBATCH, Kernels, _Matrix, cs_table, head_dim_refusal
+from .runtime import GELU_MUL, SOFTCAP, UBATCH, Kernels, _Matrix, head_dim_refusal
 
 F32 = np.float32
 
@@ -75,20 +76,7 @@ def _attention(dev, k: Kernels, case: OpCase, inputs: dict, put):
     d, H, Hkv, n = case.d, case.heads, case.kv_heads, case.n
     if head_dim_refusal(d):
         raise UnsupportedModelError(head_dim_refusal(d))
-    kpos = inputs["kpos"].astype(np.int64)
-    if case.window:
-        if n > UBATCH:
-            raise UnsupportedModelError(f"{n} query rows: the opencl ring holds W + {UBATCH} keys")
-        cap = case.window + UBATCH
-        slots = kpos % cap
-    else:
-        cap = max(16, 1 << int(case.n_keys - 1).bit_length())  # grown by doubling, as the session's
-        slots = kpos - case.key_base
-    kc, vc = np.zeros((cap, Hkv, d), F32), np.zeros((cap, Hkv, d), F32)
-    kc[slots], vc[slots] = inputs["k"], inputs["v"]
-    held = np.full(cap, -1, np.int32)
-    held[slots] = kpos
-    tok = np.stack([inputs["qpos"], np.zeros(n, np.int32)], 1).astype(np.int32)  # (position, sequence 0)
+    cap, kc, vc, held, tok, _ = attention_cache(case, inputs, UBATCH, "opencl")  # the session's layout
     q, bk, bv, bp, bt = put(inputs["q"]), put(kc), put(vc), put(held), put(tok)
     scores, out = dev.buffer(n * H * cap * 4), dev.buffer(n * H * d * 4)
     return (lambda: k.attention(q, bk, bv, bp, bt, scores, out, n, H, Hkv, d, cap, case.window, float(case.scale)),

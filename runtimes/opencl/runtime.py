@@ -7,12 +7,11 @@ on one in-order queue, then reads the logits back. Prefill runs micro-batches of
 tokens through the tiled matmul kernel; decode of up to 16 sequences reads each weight row
 once for all of them (matvec, on the plain or the sub-group path: device.py).
 
-KV caches are f32, per sequence, slots as the session's KV plan (g4c.session.KVPlan) assigns
-them: sliding layers a ring of W + UBATCH slots, since a micro-batch stores its keys before
-attending and must not evict a key one of its own rows still needs; full layers one slot per
-position from where the sequence began, grown by doubling up to max_context. Each slot's
-key position lives on the device too (-1: empty), so attention skips what was forgotten.
-The same cache layout as the vulkan runtime; the kernels follow its shaders.
+KV caches are f32, laid out as the vulkan runtime's (g4c.slots): per layer, every sequence's
+slots in one buffer, a ring of W + UBATCH on sliding layers (a micro-batch stores its keys
+before attending), a slot per position on full layers, grown by doubling up to max_context;
+each slot's key position lives on the device too (-1: empty), so attention skips what was
+forgotten. The kernels follow the vulkan baseline shaders.
 """
 
 from __future__ import annotations
@@ -23,14 +22,12 @@ import time
 import numpy as np
 
 from g4c import quants
-from g4c.config import LayerSpec
 from g4c.errors import DeviceUnavailableError, G4CError, UnsupportedModelError
 from g4c.model import Model
 from g4c.opcases import EVERY_OP
-from g4c.plan import MemoryPlan, check_fits, kv_bytes
-from g4c.rope import inv_freq_f32
+from g4c import slots
+from g4c.plan import MemoryPlan, check_fits
 from g4c.runtime import EVERY_METHOD, Availability, Capabilities
-from g4c.session import Session
 
 F32, I32, I64 = np.float32, np.int32, np.int64
 UBATCH = 64
@@ -46,13 +43,6 @@ def head_dim_refusal(d: int) -> str | None:
     if d % 2 or d > MAX_HEAD_DIM:
         return f"head dim {d}: the opencl attention kernel takes even head dims up to {MAX_HEAD_DIM}"
     return None
-
-
-def cs_table(pos: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
-    """(n, n_rot) cos then sin of each row's angles: f32 angles (as the reference forms them),
-    cos and sin evaluated in float64."""
-    ang = (pos.astype(F32)[:, None] * inv_freq[None, :]).astype(np.float64)
-    return np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(F32)
 
 
 class Kernels:
@@ -151,15 +141,8 @@ class OpenCLRuntime:
 
     @staticmethod
     def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:
-        """Device memory at n_ctx: quantized weights, f32 KV (sliding rings of W + UBATCH),
-        and per-batch scratch (activations and attention scores of one micro-batch)."""
-        c = model.config
-        kv = kv_bytes(c, n_ctx, n_seq, ring_extra=OpenCLSession.ring_extra)
-        F = max(s.n_ff for s in c.layers)
-        rows = max(min(UBATCH, n_ctx), n_seq)
-        scratch = rows * (4 * c.n_embd + 3 * c.n_head * c.head_dim_full + 2 * F + model.n_vocab) * 4 \
-            + rows * c.n_head * n_ctx * 4
-        return MemoryPlan("opencl", n_ctx, n_seq, model.weight_bytes, kv, scratch, "device")
+        """Device memory at n_ctx (g4c.slots.memory_plan: the cache layout vulkan shares)."""
+        return slots.memory_plan("opencl", model, n_ctx, n_seq, UBATCH)
 
     def memory_bandwidth(self) -> dict:
         """The roofline's limit. A CPU device (PoCL) reads host memory: the host's read
@@ -205,7 +188,7 @@ class _Matrix:
             self.chunks.append((a, len(part), dev.buffer(part.nbytes, part)))
 
 
-class OpenCLSession(Session):
+class OpenCLSession(slots.SlotSession):
     ubatch = UBATCH
     ring_extra = UBATCH  # a micro-batch stores its keys before attending (KVPlan)
 
@@ -238,28 +221,22 @@ class OpenCLSession(Session):
         self.vec = {key: dev.buffer(v.nbytes, np.asarray(v, F32)) for key, v in model.norm_vectors().items()}
         self.vec["output_norm"] = dev.buffer(4 * c.n_embd, model.weight("output_norm.weight").vector().astype(F32))
         self.out_scale = model.output_scales()
-        self.inv_freq = {s.index: inv_freq_f32(s, model.rope_freqs) for s in c.layers}
-        self.ring = self.kv.ring
-        self.full_cap = min(256, max_context)
+        self._init_slots()  # ring, full_cap, inv_freq, kpos_host (g4c.slots)
         self._io = None
         self._scores = None  # attention scores scratch, grown with the batch and the caches
         self._alloc_caches()
 
     # -- caches -----------------------------------------------------------------------------
-    def _cap(self, s: LayerSpec) -> int:
-        return self.ring if s.sliding else self.full_cap
-
     def _alloc_caches(self) -> None:
         """Zeroed K and V caches (attention multiplies masked slots' values by a probability
         of 0, which garbage NaN bits would survive), and the key position of every slot
-        (-1: empty) on the device, written there by kv_store, with a host copy (kpos_host)
-        that _forget edits and uploads."""
-        self.kc, self.vc, self.kpos, self.kpos_host = {}, {}, {}, {}
+        (-1: empty) on the device, written there by kv_store, with a host copy (kpos_host,
+        g4c.slots) that _forget edits and uploads."""
+        self.kc, self.vc, self.kpos = {}, {}, {}
         for s in self.cfg.layers:
             n = self.n_seq * self._cap(s)
             row = s.n_head_kv * s.head_dim * 4
             self.kc[s.index], self.vc[s.index] = self.dev.buffer(n * row), self.dev.buffer(n * row)
-            self.kpos_host[s.index] = np.full(n, -1, I32)
             self.kpos[s.index] = self.dev.buffer(n * 4, self.kpos_host[s.index])
 
     def _grow_full(self, need: int) -> None:
@@ -277,22 +254,12 @@ class OpenCLSession(Session):
                 for q in range(self.n_seq):
                     self.dev.copy(cache[i], grown, old * row, q * old * row, q * new * row)
                 cache[i] = grown
-            kp = np.full((self.n_seq, new), -1, I32)
-            kp[:, :old] = self.kpos_host[i].reshape(self.n_seq, old)
-            self.kpos_host[i] = kp.reshape(-1)
+            kp = self._grown_kpos(i, new)
             self.kpos[i] = self.dev.buffer(kp.nbytes, kp)
         self.full_cap = new
 
-    def _forget(self, seq: int, start: int) -> bool:
-        """Slots of seq holding positions >= start marked empty, on the host and the device."""
-        for s in self.cfg.layers:
-            cap = self._cap(s)
-            kp = self.kpos_host[s.index][seq * cap:(seq + 1) * cap]
-            drop = kp >= start
-            if drop.any():
-                kp[drop] = -1
-                self.dev.write(self.kpos[s.index], kp, seq * cap * 4)
-        return True
+    def _upload_kpos(self, layer: int, values: np.ndarray, offset: int) -> None:
+        self.dev.write(self.kpos[layer], values, offset)
 
     # -- forward ------------------------------------------------------------------------------
     def _io_buffers(self) -> dict:
@@ -324,20 +291,10 @@ class OpenCLSession(Session):
             self._grow_full(need)
         io = self._io_buffers()
         scores = self._scores_buffer(n)
-        # inputs: token ids, positions and sequences, cache slots, RoPE tables; sequence q's
-        # slots follow q * capacity (a ring of W + UBATCH keeps every row of a micro-batch)
+        # inputs: token ids, then positions and sequences, cache slots, RoPE tables (g4c.slots)
         dev.write(io["ids"], toks.astype(I32))
-        dev.write(io["tok"], np.stack([pos, seqs], 1).astype(I32))
-        slot_swa = (seqs * self.ring + self.kv.ring_slots(seqs, pos)).astype(I32)
-        slot_full = (seqs * self.full_cap + self.kv.full_slots(seqs, pos, self.base)).astype(I32)
-        dev.write(io["slot_swa"], slot_swa)
-        dev.write(io["slot_full"], slot_full)
-        for s in c.layers:  # the key positions the new rows take (kv_store writes the device's)
-            self.kpos_host[s.index][slot_swa if s.sliding else slot_full] = pos
-        for kind in ("swa", "full"):
-            spec = next((s for s in c.layers if s.sliding == (kind == "swa")), None)
-            if spec is not None:
-                dev.write(io[f"cs_{kind}"], cs_table(pos, self.inv_freq[spec.index]))
+        for name, values in self._batch_inputs(seqs, pos).items():
+            dev.write(io[name], values)
         if self.trace is not None:
             self.trace.clear()
         E = c.n_embd

@@ -19,6 +19,7 @@ from g4c import quants
 from g4c.errors import UnsupportedModelError
 from g4c.opcases import OpCase, timed
 from g4c.rope import inv_freq_f32
+from g4c.slots import attention_cache, cs_table
 
 from .runtime import GELU_MUL, PAD, SOFTCAP, UBATCH, _grid, head_dim_refusal, matrix_kernel
 
@@ -91,9 +92,8 @@ def _prepare(dev, bufs: _Buffers, case: OpCase, inputs: dict):
     if op == "rope":
         x, pos = inputs["x"], inputs["pos"]
         n, heads, d = x.shape
-        # the host's table of cos and sin, as VulkanSession writes it: f32 angles, evaluated in float64
-        ang = pos.astype(F32)[:, None] * inv_freq_f32(case.layer_spec(), inputs.get("freq_factors"))[None, :]
-        cs = np.concatenate([np.cos(ang.astype(np.float64)), np.sin(ang.astype(np.float64))], 1).astype(F32)
+        # the host's table of cos and sin, as VulkanSession writes it (g4c.slots)
+        cs = cs_table(pos, inv_freq_f32(case.layer_spec(), inputs.get("freq_factors")))
         bx, bcs = bufs.put(x), bufs.put(cs)
         return (dev.pipeline("rope", {}, 2, 4), [bx, bcs], [n, heads, d, case.n_rot],
                 _grid(-(-n * heads * (case.n_rot // 2) // 64)), bx, x.shape)
@@ -114,21 +114,7 @@ def _attention(dev, bufs: _Buffers, case: OpCase, inputs: dict):
     d, H, Hkv, n = case.d, case.heads, case.kv_heads, case.n
     if head_dim_refusal(d):
         raise UnsupportedModelError(head_dim_refusal(d))
-    kpos = inputs["kpos"].astype(np.int64)
-    if case.window:
-        if n > UBATCH:
-            raise UnsupportedModelError(f"{n} query rows: the vulkan ring holds W + {UBATCH} keys")
-        cap = case.window + UBATCH
-        slots = kpos % cap
-    else:
-        cap = max(16, 1 << int(case.n_keys - 1).bit_length())  # grown by doubling, as the session's
-        slots = kpos - case.key_base
-    kc, vc = np.zeros((cap, Hkv, d), F32), np.zeros((cap, Hkv, d), F32)
-    kc[slots], vc[slots] = inputs["k"], inputs["v"]
-    held = np.full(cap, -1, np.int32)
-    held[slots] = kpos
-    tok = np.stack([inputs["qpos"], np.zeros(n, np.int32)], 1).astype(np.int32)  # (position, sequence 0)
-    own = slots[-n:].astype(np.int32)  # each query's own key, stored before attending
+    cap, kc, vc, held, tok, own = attention_cache(case, inputs, UBATCH, "vulkan")  # the session's layout
     out = bufs.new(n * H * d * 4)
     buffers = [bufs.put(inputs["q"]), bufs.put(kc), bufs.put(vc), bufs.put(held), bufs.put(tok),
                bufs.new(n * H * cap * 4), out]

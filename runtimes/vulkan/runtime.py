@@ -22,14 +22,12 @@ import math
 import numpy as np
 
 from g4c import quants
-from g4c.config import LayerSpec
 from g4c.errors import DeviceUnavailableError, G4CError, UnsupportedModelError
 from g4c.model import Model
-from g4c.plan import MemoryPlan, check_fits, kv_bytes
-from g4c.rope import inv_freq_f32
+from g4c import slots
+from g4c.plan import MemoryPlan, check_fits
 from g4c.opcases import EVERY_OP
 from g4c.runtime import EVERY_METHOD, Availability, Capabilities
-from g4c.session import Session
 
 F32 = np.float32
 UBATCH = 64
@@ -113,15 +111,8 @@ class VulkanRuntime:
 
     @staticmethod
     def memory_plan(model: Model, n_ctx: int, n_seq: int = 1) -> MemoryPlan:
-        """Device memory at n_ctx: quantized weights, f32 KV (sliding rings of W + UBATCH),
-        and per-batch scratch (activations and attention scores of one micro-batch)."""
-        c = model.config
-        kv = kv_bytes(c, n_ctx, n_seq, ring_extra=VulkanSession.ring_extra)
-        F = max(s.n_ff for s in c.layers)
-        rows = min(UBATCH, n_ctx)
-        scratch = rows * (4 * c.n_embd + 3 * c.n_head * c.head_dim_full + 2 * F + model.n_vocab) * 4 \
-            + rows * c.n_head * n_ctx * 4
-        return MemoryPlan("vulkan", n_ctx, n_seq, model.weight_bytes, kv, scratch, "device")
+        """Device memory at n_ctx (g4c.slots.memory_plan: the cache layout opencl shares)."""
+        return slots.memory_plan("vulkan", model, n_ctx, n_seq, UBATCH)
 
     def memory_bandwidth(self) -> dict:
         """Device read bandwidth: a matvec over a 64 MiB F32 matrix (lavapipe's memory is host
@@ -168,7 +159,7 @@ class _Matrix:
             self.chunks.append((a, len(part), buf))
 
 
-class VulkanSession(Session):
+class VulkanSession(slots.SlotSession):
     ubatch = UBATCH
     ring_extra = UBATCH  # a micro-batch stores its keys before attending (KVPlan)
 
@@ -199,9 +190,7 @@ class VulkanSession(Session):
         self.vec = {key: self._upload(v) for key, v in model.norm_vectors().items()}
         self.vec["output_norm"] = self._upload(model.weight("output_norm.weight").vector())
         self.out_scale = model.output_scales()
-        self.inv_freq = {s.index: inv_freq_f32(s, model.rope_freqs) for s in c.layers}
-        self.ring = self.kv.ring
-        self.full_cap = min(256, max_context)
+        self._init_slots()  # ring, full_cap, inv_freq, kpos_host (g4c.slots)
         self._io = None
         self._scores = None  # attention scores scratch, grown with the batch and the caches
         self._recorded: dict = {}
@@ -227,20 +216,16 @@ class VulkanSession(Session):
                 + [*self.kc.values(), *self.vc.values(), *self.kpos.values(), *(self._io or {}).values()])
 
     # -- caches -----------------------------------------------------------------------------
-    def _cap(self, s: LayerSpec) -> int:
-        return self.ring if s.sliding else self.full_cap
-
     def _alloc_caches(self) -> None:
         """Device-local K and V caches, zeroed (attention multiplies masked slots' values by
         a probability of 0, which garbage NaN bits would survive), and the key position of
         every slot (-1: empty) on the device, written there by kv_store, with a host copy
-        (kpos_host) that _forget edits and uploads."""
-        self.kc, self.vc, self.kpos, self.kpos_host = {}, {}, {}, {}
+        (kpos_host, g4c.slots) that _forget edits and uploads."""
+        self.kc, self.vc, self.kpos = {}, {}, {}
         for s in self.cfg.layers:
             n = self.n_seq * self._cap(s)
             row = s.n_head_kv * s.head_dim * 4
             self.kc[s.index], self.vc[s.index] = self._zeroed(n * row), self._zeroed(n * row)
-            self.kpos_host[s.index] = np.full(n, -1, np.int32)
             self.kpos[s.index] = self.dev.buffer(n * 4, host=False)
             self.dev.upload(self.kpos[s.index], self.kpos_host[s.index])
 
@@ -264,9 +249,7 @@ class VulkanSession(Session):
                 grown = self._zeroed(self.n_seq * new * row)
                 self.dev.copy(cache[i], grown, [(q * old * row, q * new * row, old * row) for q in range(self.n_seq)])
                 cache[i] = grown
-            kp = np.full((self.n_seq, new), -1, np.int32)
-            kp[:, :old] = self.kpos_host[i].reshape(self.n_seq, old)
-            self.kpos_host[i] = kp.reshape(-1)
+            kp = self._grown_kpos(i, new)
             self.kpos[i] = self.dev.buffer(kp.nbytes, host=False)
             self.dev.upload(self.kpos[i], kp)
             self.dev.forget(bufs)
@@ -275,21 +258,8 @@ class VulkanSession(Session):
         self.full_cap = new
         self._recorded.clear()
 
-    def _forget(self, seq: int, start: int) -> bool:
-        """Slots of seq holding positions >= start marked empty, on the host and the device."""
-        self._edit_kpos(seq, lambda kp: kp.__setitem__(kp >= start, -1))
-        return True
-
-    def _edit_kpos(self, q: int, edit) -> None:
-        """Apply edit to sequence q's slot positions in every layer, on the host copy, and
-        upload the layers where it changed something."""
-        for s in self.cfg.layers:
-            cap = self._cap(s)
-            kp = self.kpos_host[s.index][q * cap:(q + 1) * cap]
-            was = kp.copy()
-            edit(kp)
-            if not np.array_equal(was, kp):
-                self.dev.upload(self.kpos[s.index], kp, q * cap * 4)
+    def _upload_kpos(self, layer: int, values: np.ndarray, offset: int) -> None:
+        self.dev.upload(self.kpos[layer], values, offset)
 
     # -- forward ------------------------------------------------------------------------------
     def _io_buffers(self):
@@ -328,25 +298,11 @@ class VulkanSession(Session):
             self._grow_full(need)
         self._io_buffers()  # made on first use, with their host twins _in and _out
         scores = self._scores_buffer(n)
-        # inputs: embeddings, positions and sequences, cache slots and positions, RoPE tables
+        # inputs: embeddings, then positions and sequences, cache slots, RoPE tables
         inp = self._in
         inp["x"].write(self.embd.take(toks) * F32(c.embd_scale))
-        inp["tok"].write(np.stack([pos, seqs], 1).astype(np.int32))
-        # slots in the caches of all sequences: sequence q's slots follow q * capacity (a ring of
-        # W + UBATCH keeps every row of a micro-batch: no -1 slots here)
-        slot_swa = (seqs * self.ring + self.kv.ring_slots(seqs, pos)).astype(np.int32)
-        slot_full = (seqs * self.full_cap + self.kv.full_slots(seqs, pos, self.base)).astype(np.int32)
-        inp["slot_swa"].write(slot_swa)
-        inp["slot_full"].write(slot_full)
-        for s in c.layers:  # the key positions the new rows take (kv_store writes the device's)
-            self.kpos_host[s.index][slot_swa if s.sliding else slot_full] = pos
-        for kind in ("swa", "full"):
-            spec = next((s for s in c.layers if s.sliding == (kind == "swa")), None)
-            if spec is None:
-                continue
-            ang = pos.astype(F32)[:, None] * self.inv_freq[spec.index][None, :]
-            inp[f"cs_{kind}"].write(np.concatenate([np.cos(ang.astype(np.float64)), np.sin(ang.astype(np.float64))], 1)
-                                    .astype(F32))
+        for name, values in self._batch_inputs(seqs, pos).items():  # slots, positions, RoPE tables (g4c.slots)
+            inp[name].write(values)
         key = (n, all_logits, self.trace is not None)
         cb = self._recorded.get(key)
         if cb is None:
