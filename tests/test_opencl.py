@@ -190,3 +190,85 @@ def test_absent_icd_is_a_reason(monkeypatch):
         monkeypatch.setattr(device, "_cl", lambda fake=fake: fake)
         a = OpenCLRuntime().availability()
         assert not a.ok and want in a.reason and "pocl-opencl-icd" in a.reason, a
+
+
+class _FakeDevice:
+    """What device choice and sub-group detection read of a pyopencl device."""
+
+    def __init__(self, name, kind=1, extensions="", version="OpenCL 1.2", c_version="OpenCL C 1.2", all_c=(), features=()):
+        from types import SimpleNamespace as NS
+
+        self.name, self.type, self.extensions, self.version = name, kind, extensions, version
+        self.platform = NS(name="Fake platform")
+        self._info = {"OPENCL_C_VERSION": c_version,
+                      "OPENCL_C_ALL_VERSIONS": [NS(name="OpenCL C", version=(a << 22) | (b << 12)) for a, b in all_c],
+                      "OPENCL_C_FEATURES": [NS(name=f) for f in features]}
+
+    def get_info(self, key):
+        return self._info[key]
+
+
+def _fake_cl(devices):
+    from types import SimpleNamespace as NS
+
+    return NS(Error=Exception, device_type=NS(GPU=4, CPU=2),
+              device_info=NS(OPENCL_C_VERSION="OPENCL_C_VERSION", OPENCL_C_ALL_VERSIONS="OPENCL_C_ALL_VERSIONS",
+                             OPENCL_C_FEATURES="OPENCL_C_FEATURES"),
+              get_platforms=lambda: [NS(get_devices=lambda: devices)])
+
+
+def test_device_index_is_matched_before_names():
+    """G4C_OPENCL_DEVICE=1 is the device at index 1, even when device 0's name holds a 1;
+    without a choice a GPU comes first."""
+    from g4c.runtimes.opencl.device import choose
+
+    devs = [_FakeDevice("Accelerator H100", kind=2), _FakeDevice("Other GPU", kind=4)]
+    cl = _fake_cl(devs)
+    assert choose(cl, "1")[2].name == "Other GPU"
+    assert choose(cl, "0:0")[2].name == "Accelerator H100"
+    assert choose(cl, "h100")[2].name == "Accelerator H100"
+    assert choose(cl, None)[2].name == "Other GPU"
+
+
+@pytest.mark.parametrize("fake,want", [
+    # PoCL 3.1: OpenCL 3.0, C 1.2 reported, 3.0 listed apart, no sub-group feature or extension
+    (dict(version="OpenCL 3.0 PoCL", all_c=[(1, 2), (3, 0)], features=["__opencl_c_images"]), ("", ())),
+    # an OpenCL 3.0 driver reporting C 1.2, with the sub-group feature among its 3.0 features
+    (dict(version="OpenCL 3.0", all_c=[(1, 2), (3, 0)], features=["__opencl_c_subgroups"]),
+     ("__opencl_c_subgroups", ("-cl-std=CL3.0",))),
+    # an OpenCL 3.0 driver with the extension but no C 2.0: built as C 3.0
+    (dict(version="OpenCL 3.0", extensions="cl_khr_subgroups", all_c=[(1, 2), (3, 0)]),
+     ("cl_khr_subgroups", ("-cl-std=CL3.0", "-DKHR_SUBGROUPS=1"))),
+    # an OpenCL 2.0 device with the extension
+    (dict(version="OpenCL 2.0", extensions="cl_khr_subgroups", c_version="OpenCL C 2.0"),
+     ("cl_khr_subgroups", ("-cl-std=CL2.0", "-DKHR_SUBGROUPS=1"))),
+    # an OpenCL 1.2 device listing the extension cannot build it: plain
+    (dict(extensions="cl_khr_subgroups"), ("", ())),
+    (dict(extensions="cl_intel_subgroups cl_khr_subgroups", c_version="OpenCL C 1.2"), ("cl_intel_subgroups", ())),
+])
+def test_subgroup_detection(fake, want):
+    """Which sub-group functions a device has and the compiler mode they need, from what
+    OpenCL 1.2, 2.0 and 3.0 devices report (a 3.0 device reports C 1.2 as its C version)."""
+    from types import SimpleNamespace as NS
+
+    from g4c.runtimes.opencl.device import Device
+
+    dev = _FakeDevice("fake", **fake)
+    assert Device._subgroup_support(NS(cl=_fake_cl([dev]), dev=dev)) == want
+
+
+def test_context_past_the_largest_allocation_is_refused_at_load(dev, monkeypatch):
+    """A max_context whose attention scores would not fit one allocation is refused at load
+    with the figures (a resource shortage: skipped in the suite), not halfway through a forward."""
+    from g4c.conformance.harness import load_model
+    from g4c.errors import ResourceUnavailable
+    from g4c.runtimes.opencl.runtime import OpenCLRuntime
+
+    rt = OpenCLRuntime()
+    rt._dev = dev
+    model = load_model("tiny", "Q4_0")
+    monkeypatch.setattr(dev, "max_alloc", 1 << 20)
+    with pytest.raises(ResourceUnavailable, match=r"at max_context 4096, one buffer would hold the attention scores of a "
+                                                  r"micro-batch: \d+ bytes; the device's largest allocation is 1048576"):
+        rt.load(model, 4096, 1)
+    rt.load(model, 128, 1)  # 64 rows x heads x 128 slots fits

@@ -72,8 +72,9 @@ def choose(cl, choice: str | None) -> tuple[int, int, object]:
     found = devices(cl)
     label = lambda e: f"{e[2].platform.name.strip()} / {e[2].name.strip()}"  # noqa: E731
     if choice:
-        hits = [e for i, e in enumerate(found)
-                if choice in (str(i), f"{e[0]}:{e[1]}") or choice.lower() in label(e).lower()]
+        # an index or platform:device first: "1" must not pick a device whose name holds a 1
+        hits = ([e for i, e in enumerate(found) if choice in (str(i), f"{e[0]}:{e[1]}")]
+                or [e for e in found if choice.lower() in label(e).lower()])
         if not hits:
             raise G4CError(f"G4C_OPENCL_DEVICE={choice!r} matches no OpenCL device ("
                            + "; ".join(f"{i} = {e[0]}:{e[1]} {label(e)}" for i, e in enumerate(found)) + ")")
@@ -101,32 +102,48 @@ class Device:
         forced = os.environ.get("G4C_OPENCL_PATH", "")
         if forced not in ("", "plain", "subgroup"):
             raise G4CError(f"G4C_OPENCL_PATH={forced!r}: expected plain or subgroup")
-        self.path = forced or ("subgroup" if self.subgroups else "plain")
         self._programs: dict = {}
         self._kernels: dict = {}
+        self.subgroup_error = self._check_subgroup_build() if self.subgroups and not forced else ""
+        self.path = forced or ("subgroup" if self.subgroups and not self.subgroup_error else "plain")
 
     def _subgroup_support(self) -> tuple[str, tuple[str, ...]]:
-        """(which sub-group functions the device has, or "", build options they need)."""
-        ext = self.dev.extensions.split()
-        c_version = self.dev.get_info(self.cl.device_info.OPENCL_C_VERSION)
-        features = ()
-        if "OpenCL C 3." in c_version:
+        """(which sub-group functions the device has, or "", build options they need). An
+        OpenCL 3.0 device reports OpenCL C 1.2 as its C version and lists the others, with
+        the optional features, apart; cl_khr_subgroups needs OpenCL C 2.0 or 3.0 mode."""
+        cl, dev = self.cl, self.dev
+        ext = dev.extensions.split()
+        c_major = {int(dev.get_info(cl.device_info.OPENCL_C_VERSION).split()[2][0])}
+        features = set()
+        if dev.version.startswith("OpenCL 3."):
             try:
-                features = [f.name for f in self.dev.get_info(self.cl.device_info.OPENCL_C_FEATURES)]
-            except Exception:  # an OpenCL 3.0 header or driver without the query
-                features = ()
+                c_major |= {v.version >> 22 for v in dev.get_info(cl.device_info.OPENCL_C_ALL_VERSIONS)}
+                features = {f.name for f in dev.get_info(cl.device_info.OPENCL_C_FEATURES)}
+            except Exception:  # a driver or pyopencl without the OpenCL 3.0 queries
+                pass
         if "cl_intel_subgroups" in ext:
             return "cl_intel_subgroups", ()
-        if "__opencl_c_subgroups" in features:
+        if 3 in c_major and "__opencl_c_subgroups" in features:
             return "__opencl_c_subgroups", ("-cl-std=CL3.0",)
-        if "cl_khr_subgroups" in ext:
-            return "cl_khr_subgroups", ("-cl-std=CL2.0", "-DKHR_SUBGROUPS=1")
+        if "cl_khr_subgroups" in ext and (2 in c_major or 3 in c_major):
+            return "cl_khr_subgroups", ("-cl-std=CL2.0" if 2 in c_major else "-cl-std=CL3.0", "-DKHR_SUBGROUPS=1")
         return "", ()
+
+    def _check_subgroup_build(self) -> str:
+        """Why the sub-group matvec does not build on this device with its sub-groups, or "":
+        a driver that lists sub-groups but rejects the kernel gets the plain path by default."""
+        try:
+            self.kernel("matrix", {"TYPE": 2, **self.sg_defines()}, "matvec_sg")
+        except G4CError as e:
+            return str(e)
+        return ""
 
     @property
     def path_label(self) -> str:
         if self.path == "subgroup" and not self.subgroups:
             return f"subgroup (emulated: {SG_EMU} lanes in local memory)"
+        if self.path == "plain" and self.subgroup_error:
+            return "plain (the sub-group kernel did not build: see settings' subgroup_error)"
         return self.path if self.path == "plain" else f"subgroup ({self.subgroups})"
 
     def sg_defines(self) -> dict:
@@ -154,10 +171,18 @@ class Device:
             raise G4CError(f"OpenCL build of {what} failed on {self.name} ({self.platform}): {str(e).strip()[:4000]}") from None
 
     def kernel(self, name: str, defines: dict, fn: str):
+        """Kernel fn of kernels/<name>.cl built with defines; refused, naming it, where the
+        device cannot run it in work-groups of LOCAL (every kernel's size: its local arrays
+        are sized for it)."""
         key = (name, tuple(sorted(defines.items())), fn)
         k = self._kernels.get(key)
         if k is None:
-            k = self._kernels[key] = self.cl.Kernel(self.program(name, defines), fn)
+            k = self.cl.Kernel(self.program(name, defines), fn)
+            most = k.get_work_group_info(self.cl.kernel_work_group_info.WORK_GROUP_SIZE, self.dev)
+            if most < LOCAL:
+                raise G4CError(f"kernel {fn} of kernels/{name}.cl {defines}: {self.name} runs it in work-groups of at most "
+                               f"{most} work-items; the kernels take {LOCAL}")
+            self._kernels[key] = k
         return k
 
     def run(self, kernel, args: list, n_items: int, local: int = LOCAL, groups_y: int = 1) -> None:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from g4c import quants
-from g4c.errors import DeviceUnavailableError, G4CError, UnsupportedModelError
+from g4c.errors import DeviceUnavailableError, G4CError, ResourceUnavailable, UnsupportedModelError
 from g4c.model import Model
 from g4c.opcases import EVERY_OP
 from g4c import slots
@@ -133,8 +133,11 @@ class OpenCLRuntime:
     def settings(self) -> dict:
         """What results depend on: the device, its platform and driver, the matvec path."""
         dev = self.device()
-        return {"device": dev.name, "platform": dev.platform, "driver": dev.driver, "path": dev.path_label,
-                "subgroups": dev.subgroups or "none"}
+        out = {"device": dev.name, "platform": dev.platform, "driver": dev.driver, "path": dev.path_label,
+               "subgroups": dev.subgroups or "none"}
+        if dev.subgroup_error:
+            out["subgroup_error"] = dev.subgroup_error
+        return out
 
     def load(self, model: Model, max_context: int, n_seq: int = 1, trace: bool = False) -> "OpenCLSession":
         return OpenCLSession(self.device(), model, max_context, n_seq, trace)
@@ -197,6 +200,7 @@ class OpenCLSession(slots.SlotSession):
         c = self.cfg
         self.plan = check_fits(lambda n: OpenCLRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                dev.available_memory(), f"{model.path} on opencl ({dev.name})")
+        self._check_allocations(dev, max_context)
         self.dev, self.k = dev, Kernels(dev)
         self.path = dev.path  # the matvec path, fixed for the session
         for s in c.layers:  # the kernels index heads assuming an even split
@@ -225,6 +229,24 @@ class OpenCLSession(slots.SlotSession):
         self._io = None
         self._scores = None  # attention scores scratch, grown with the batch and the caches
         self._alloc_caches()
+
+    def _check_allocations(self, dev, max_context: int) -> None:
+        """Refuse at load, with the figures, a context whose largest single buffers (a full
+        layer's cache grown to max_context, a micro-batch's attention scores or logits) would
+        exceed the device's largest allocation: a forward would fail halfway otherwise."""
+        c, rows = self.cfg, max(UBATCH, self.n_seq)
+        full = [s for s in c.layers if not s.sliding]
+        ring = self.kv.ring
+        need = {"the attention scores of a micro-batch": rows * c.n_head * max(ring, max_context if full else 0) * 4,
+                "the logits of a micro-batch": rows * self.n_vocab * 4,
+                "a layer's K cache": max(self.n_seq * (ring if s.sliding else max_context) * s.n_head_kv * s.head_dim * 4
+                                         for s in c.layers)}
+        what, nbytes = max(need.items(), key=lambda kv: kv[1])
+        if nbytes > dev.max_alloc:
+            where = f"{self.model.path} on opencl ({dev.name})"
+            raise ResourceUnavailable(f"{where}: at max_context {max_context}, one buffer would hold {what}: {nbytes} "
+                                      f"bytes; the device's largest allocation is {dev.max_alloc}", resource="device memory",
+                                      needed=nbytes, available=dev.max_alloc, where=where)
 
     # -- caches -----------------------------------------------------------------------------
     def _alloc_caches(self) -> None:

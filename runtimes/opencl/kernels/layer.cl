@@ -1,5 +1,6 @@
 // Everything of a layer but its products (matrix.cl): RMSNorm, NEOX RoPE, the KV store,
-// attention and the elementwise ops. Work-groups of 64 (the host launches them so).
+// attention and the elementwise ops. Work-groups of 64, required (local arrays are sized so).
+#define WG64 __attribute__((reqd_work_group_size(64, 1, 1)))
 
 // the sum (op 0) or max (op 1) of v over the work-group of 64, returned to every work-item;
 // red is 64 floats of local memory, and every work-item must call it (barriers)
@@ -17,7 +18,7 @@ inline float group_reduce(float v, local float* red, int op) {
 
 // y = x / sqrt(mean(x^2) + eps) (* w[i] when has_w), one work-group per segment of n values
 // (a row, or one head of a row for the q/k/v norms); x and y may be the same buffer.
-kernel void rms_norm(global const float* x, global float* y, global const float* w, int n, float eps, int has_w) {
+WG64 kernel void rms_norm(global const float* x, global float* y, global const float* w, int n, float eps, int has_w) {
     local float red[64];
     int t = get_local_id(0);
     long base = (long)get_group_id(0) * n;
@@ -33,7 +34,7 @@ kernel void rms_norm(global const float* x, global float* y, global const float*
 // NEOX rotate-half RoPE in place on x (n_tok, n_heads, d): pair (i, i + n_rot/2) of token t
 // rotates by the angle whose cos and sin the host tabulated (cs[t][i], cs[t][half + i]), so
 // angles at position 262143 keep the host's float64 accuracy rather than the device's cos/sin.
-kernel void rope(global float* x, global const float* cs, int n_tok, int n_heads, int d, int n_rot) {
+WG64 kernel void rope(global float* x, global const float* cs, int n_tok, int n_heads, int d, int n_rot) {
     int half_rot = n_rot / 2;
     int g = get_global_id(0);
     if (g >= n_tok * n_heads * half_rot) return;
@@ -48,7 +49,7 @@ kernel void rope(global float* x, global const float* cs, int n_tok, int n_heads
 // The batch's K and V (n_tok, n_kv * d = row) into the caches (n_seq * cap, row) at the slot
 // the host chose for each token (its sequence's ring slot or position slot), and the token's
 // position into that slot's entry of kpos (the slot's key position; -1 is empty).
-kernel void kv_store(global const float* k, global const float* v, global const int* slot, global float* kc,
+WG64 kernel void kv_store(global const float* k, global const float* v, global const int* slot, global float* kc,
                      global float* vc, global const int* tok, global int* kpos, int n_tok, int row) {
     int g = get_global_id(0);
     if (g >= n_tok * row) return;
@@ -64,7 +65,7 @@ kernel void kv_store(global const float* k, global const float* v, global const 
 // visible when 0 <= qpos - kpos (< window on sliding layers). Scores go to a scratch row sc,
 // max, exp and sum are reduced in local memory, and the output dims are split over the
 // work-items (d <= 1024: at most 16 each).
-kernel void attention(global const float* q, global const float* kc, global const float* vc, global const int* kpos,
+WG64 kernel void attention(global const float* q, global const float* kc, global const float* vc, global const int* kpos,
                       global const int* tok, global float* sc, global float* o, int n_head, int n_kv, int d,
                       int cap, int window, float scale) {
     local float red[64];
@@ -110,7 +111,7 @@ kernel void attention(global const float* q, global const float* kc, global cons
 
 // a[i] op= b[i] over n values (tanh arguments clamped to +-15, where it is 1 in f32): 0 add,
 // 1 scale by param, 2 gelu-tanh(a) * b, 3 softcap(param), 4 copy b[b_off + i] into a[a_off + i]
-kernel void elementwise(global float* a, global const float* b, int n, int mode, float param, int a_off, int b_off) {
+WG64 kernel void elementwise(global float* a, global const float* b, int n, int mode, float param, int a_off, int b_off) {
     int i = get_global_id(0);
     if (i >= n) return;
     if (mode == 0) {

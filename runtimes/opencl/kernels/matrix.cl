@@ -4,6 +4,8 @@
 // for vector s.
 #include "formats.cl"
 
+#define WG64 __attribute__((reqd_work_group_size(64, 1, 1)))  // every kernel: local arrays are sized for 64
+
 #define MAX_SEQ 16  // vectors a matvec reads each weight row once for
 
 // w (32 decoded weights) . x[0..31] in four float4 lanes, then their pairwise sum: written as
@@ -22,7 +24,7 @@ inline float dot32(const float* w, global const float* x) {
 // once for every vector), then a tree reduction over the 8 in local memory.
 #define ROWS 8
 #define LANES 8
-kernel void matvec(global const uchar* W, global const float* x, global float* y, int n_rows, int n_cols,
+WG64 kernel void matvec(global const uchar* W, global const float* x, global float* y, int n_rows, int n_cols,
                    long row_bytes, int n, int x_off, int y_off, int y_stride) {
     local float part[MAX_SEQ * 64];
     int t = get_local_id(0);
@@ -65,7 +67,7 @@ kernel void matvec(global const uchar* W, global const float* x, global float* y
 #endif
 #define SG_SCRATCH
 #endif
-kernel void matvec_sg(global const uchar* W, global const float* x, global float* y, int n_rows, int n_cols,
+WG64 kernel void matvec_sg(global const uchar* W, global const float* x, global float* y, int n_rows, int n_cols,
                       long row_bytes, int n, int x_off, int y_off, int y_stride) {
     SG_SCRATCH;
     int lanes = get_sub_group_size(), lane = get_sub_group_local_id();
@@ -98,7 +100,7 @@ kernel void matvec_sg(global const uchar* W, global const float* x, global float
 // inputs (read by every work-item of a group alike: cached, or broadcast on a GPU). No
 // local memory and no barrier: PoCL turns the work-group into one vectorizable loop.
 #define TM 16
-kernel void matmul(global const uchar* W, global const float* x, global float* y, int n_rows, int n_cols,
+WG64 kernel void matmul(global const uchar* W, global const float* x, global float* y, int n_rows, int n_cols,
                    long row_bytes, int n, int x_off, int y_off, int y_stride) {
     int r = get_global_id(0), t0 = get_group_id(1) * TM;
     if (r >= n_rows) return;
@@ -116,7 +118,7 @@ kernel void matmul(global const uchar* W, global const float* x, global float* y
 
 // out[i][c] = W[rows[i]][c] * scale as float (rows[i] = i when use_rows is 0): one
 // work-item per 32-weight unit. The embedding lookup, and the op cases' dequantize.
-kernel void dequant(global const uchar* W, global const int* rows, global float* out, int n_out, int n_cols,
+WG64 kernel void dequant(global const uchar* W, global const int* rows, global float* out, int n_out, int n_cols,
                     long row_bytes, int use_rows, float scale) {
     int g = get_global_id(0), units = n_cols / 32;
     if (g >= n_out * units) return;
