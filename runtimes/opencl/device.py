@@ -185,12 +185,12 @@ class Device:
             self._kernels[key] = k
         return k
 
-    def run(self, kernel, args: list, n_items: int, local: int = LOCAL, groups_y: int = 1) -> None:
-        """Enqueue kernel over n_items work-items (rounded up to whole work-groups of `local`)
+    def run(self, kernel, args: list, n_items: int, groups_y: int = 1) -> None:
+        """Enqueue kernel over n_items work-items (rounded up to whole work-groups of LOCAL)
         times groups_y rows of work-groups."""
         kernel.set_args(*args)
-        g = -(-max(1, n_items) // local) * local
-        self.cl.enqueue_nd_range_kernel(self.queue, kernel, (g, groups_y), (local, 1))
+        g = -(-max(1, n_items) // LOCAL) * LOCAL
+        self.cl.enqueue_nd_range_kernel(self.queue, kernel, (g, groups_y), (LOCAL, 1))
 
     # -- memory ---------------------------------------------------------------------------
     def buffer(self, nbytes: int, data: np.ndarray | None = None):
@@ -209,9 +209,9 @@ class Device:
     def write(self, buf, data: np.ndarray, offset: int = 0) -> None:
         self.cl.enqueue_copy(self.queue, buf, np.ascontiguousarray(data), dst_offset=offset, is_blocking=True)
 
-    def read(self, buf, dtype, count: int, offset: int = 0) -> np.ndarray:
+    def read(self, buf, dtype, count: int) -> np.ndarray:
         out = np.empty(count, dtype)
-        self.cl.enqueue_copy(self.queue, out, buf, src_offset=offset, is_blocking=True)
+        self.cl.enqueue_copy(self.queue, out, buf, is_blocking=True)
         return out
 
     def copy(self, src, dst, nbytes: int, src_offset: int = 0, dst_offset: int = 0) -> None:

@@ -51,14 +51,13 @@ class Kernels:
     def __init__(self, dev):
         self.dev = dev
 
-    def matrix(self, m: "_Matrix", x, y, n: int, x_off: int = 0, y_stride: int | None = None, path: str | None = None):
-        """y[s * y_stride + r] = (W x_s)[r] for the n vectors of x from value x_off; each row
-        chunk of m a launch."""
+    def matrix(self, m: "_Matrix", x, y, n: int, x_off: int = 0, path: str | None = None):
+        """y[s * n_rows + r] = (W x_s)[r] for the n vectors of x from value x_off; each row
+        chunk of m a launch, writing from its first row."""
         dev = self.dev
         path = path or dev.path
-        y_stride = m.n_rows if y_stride is None else y_stride
         for a, rows, buf in m.chunks:
-            args = [buf, x, y, I32(rows), I32(m.n_cols), I64(m.row_bytes), I32(n), I32(x_off), I32(a), I32(y_stride)]
+            args = [buf, x, y, I32(rows), I32(m.n_cols), I64(m.row_bytes), I32(n), I32(x_off), I32(a), I32(m.n_rows)]
             if n > MAX_MATVEC_SEQ:
                 k = dev.kernel("matrix", {"TYPE": int(m.qtype)}, "matmul")
                 dev.run(k, args, rows, groups_y=-(-n // MATMUL_TM))
@@ -98,9 +97,9 @@ class Kernels:
         self.dev.run(k, [q, kc, vc, kpos, tok, scores, out, I32(H), I32(Hkv), I32(d), I32(cap), I32(window), F32(scale)],
                      n * H * 64)
 
-    def elementwise(self, a, b, n: int, mode: int, param: float = 0.0, a_off: int = 0, b_off: int = 0):
+    def elementwise(self, a, b, n: int, mode: int, param: float = 0.0):
         k = self.dev.kernel("layer", {}, "elementwise")
-        self.dev.run(k, [a, b, I32(n), I32(mode), F32(param), I32(a_off), I32(b_off)], n)
+        self.dev.run(k, [a, b, I32(n), I32(mode), F32(param)], n)
 
 
 class OpenCLRuntime:

@@ -110,8 +110,8 @@ WG64 kernel void attention(global const float* q, global const float* kc, global
 }
 
 // a[i] op= b[i] over n values (tanh arguments clamped to +-15, where it is 1 in f32): 0 add,
-// 1 scale by param, 2 gelu-tanh(a) * b, 3 softcap(param), 4 copy b[b_off + i] into a[a_off + i]
-WG64 kernel void elementwise(global float* a, global const float* b, int n, int mode, float param, int a_off, int b_off) {
+// 1 scale by param, 2 gelu-tanh(a) * b, 3 softcap(param), 4 copy b[i] into a[i]
+WG64 kernel void elementwise(global float* a, global const float* b, int n, int mode, float param) {
     int i = get_global_id(0);
     if (i >= n) return;
     if (mode == 0) {
@@ -124,6 +124,6 @@ WG64 kernel void elementwise(global float* a, global const float* b, int n, int 
     } else if (mode == 3) {
         a[i] = param * tanh(clamp(a[i] / param, -15.0f, 15.0f));
     } else {
-        a[a_off + i] = b[b_off + i];
+        a[i] = b[i];
     }
 }

@@ -19,6 +19,17 @@ inline float dot32(const float* w, global const float* x) {
     return (s.x + s.y) + (s.z + s.w);
 }
 
+// acc[s] += (the row's units lane, lane + lanes, ...) . (the same units of vector s) for the
+// n vectors at x, n_cols apart: each unit decoded once for all of them. Every product kernel
+// below sums a row this way (matmul with lane 0 of 1).
+inline void row_dots(global const uchar* row, global const float* x, int n_cols, int n, int lane, int lanes, float* acc) {
+    float w[32];
+    for (int u = lane; u < n_cols / 32; u += lanes) {
+        load_unit(row, u, w);
+        for (int s = 0; s < n; s++) acc[s] += dot32(w, x + (long)s * n_cols + u * 32);
+    }
+}
+
 // y = W x for n <= MAX_SEQ vectors, the plain path (no sub-group functions): a work-group of
 // 64 takes 8 rows, 8 work-items per row striding over its 32-weight units (each unit decoded
 // once for every vector), then a tree reduction over the 8 in local memory.
@@ -31,16 +42,7 @@ WG64 kernel void matvec(global const uchar* W, global const float* x, global flo
     int r = get_group_id(0) * ROWS + t / LANES, lane = t % LANES;
     float acc[MAX_SEQ];
     for (int s = 0; s < n; s++) acc[s] = 0.0f;
-    if (r < n_rows) {
-        global const uchar* row = W + (long)r * row_bytes;
-        float w[32];
-        for (int u = lane; u < n_cols / 32; u += LANES) {
-            load_unit(row, u, w);
-            for (int s = 0; s < n; s++) {
-                acc[s] += dot32(w, x + x_off + (long)s * n_cols + u * 32);
-            }
-        }
-    }
+    if (r < n_rows) row_dots(W + (long)r * row_bytes, x + x_off, n_cols, n, lane, LANES, acc);
     for (int s = 0; s < n; s++) part[s * 64 + t] = acc[s];
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int k = LANES / 2; k > 0; k >>= 1) {
@@ -77,16 +79,7 @@ WG64 kernel void matvec_sg(global const uchar* W, global const float* x, global 
         int r = r0 + get_sub_group_id();
         float acc[MAX_SEQ];
         for (int s = 0; s < n; s++) acc[s] = 0.0f;
-        if (r < n_rows) {
-            global const uchar* row = W + (long)r * row_bytes;
-            float w[32];
-            for (int u = lane; u < n_cols / 32; u += lanes) {
-                load_unit(row, u, w);
-                for (int s = 0; s < n; s++) {
-                    acc[s] += dot32(w, x + x_off + (long)s * n_cols + u * 32);
-                }
-            }
-        }
+        if (r < n_rows) row_dots(W + (long)r * row_bytes, x + x_off, n_cols, n, lane, lanes, acc);
         for (int s = 0; s < n; s++) {
             float sum = sub_group_reduce_add(acc[s]);
             if (lane == 0 && r < n_rows) y[(long)s * y_stride + y_off + r] = sum;
@@ -107,12 +100,7 @@ WG64 kernel void matmul(global const uchar* W, global const float* x, global flo
     int nt = min(TM, n - t0);
     float acc[TM];
     for (int m = 0; m < TM; m++) acc[m] = 0.0f;
-    float w[32];
-    global const uchar* row = W + (long)r * row_bytes;
-    for (int u = 0; u < n_cols / 32; u++) {
-        load_unit(row, u, w);
-        for (int m = 0; m < nt; m++) acc[m] += dot32(w, x + x_off + (long)(t0 + m) * n_cols + u * 32);
-    }
+    row_dots(W + (long)r * row_bytes, x + x_off + (long)t0 * n_cols, n_cols, nt, 0, 1, acc);
     for (int m = 0; m < nt; m++) y[(long)(t0 + m) * y_stride + y_off + r] = acc[m];
 }
 
