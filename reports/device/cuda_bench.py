@@ -64,8 +64,8 @@ def main(out_path: str) -> None:
     def all_matvecs():
         for w in (w for ws in sess.mats.values() for w in ws):
             xin = x if w.n_cols == x.shape[1] else cp.ones((1, w.n_cols), cp.float32)
-            k.matvec(w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes, xin)
-        k.matvec(sess.head.raw, sess.head.qtype, sess.head.n_rows, sess.head.n_cols, sess.head.row_bytes, x)
+            k.matvec(w, xin)
+        k.matvec(sess.head, x)
 
     dt = timed(cp, all_matvecs, reps=5)
     res["matvec_only_ms_per_token"] = dt * 1e3

@@ -45,16 +45,15 @@ def _prepare(k, case: OpCase, inputs: dict):
     output's shape)."""
     cp, op = k.cp, case.op
     if op in ("dequantize", "matvec", "matmul"):
-        qt = quants.TYPE_NAMES[case.qtype]
-        raw = cp.asarray(inputs["raw"])
-        rows, row_bytes = inputs["raw"].shape
+        m = k.upload(inputs["raw"], quants.TYPE_NAMES[case.qtype], case.cols)  # repacked as the runtime's weights are
+        rows = m.n_rows
         if op == "dequantize":
-            return (lambda: k.dequant(raw, qt, rows, case.cols, row_bytes)), (rows, case.cols)
+            return (lambda: k.dequant(m)), (rows, case.cols)
         x = cp.asarray(inputs["x"])
         if op == "matvec":
-            return (lambda: k.matvec(raw, qt, rows, case.cols, row_bytes, x)), (case.n, rows)
+            return (lambda: k.matvec(m, x)), (case.n, rows)
         # prefill, as CudaSession._mm_w: the matrix dequantized, then cuBLAS
-        return (lambda: x @ k.dequant(raw, qt, rows, case.cols, row_bytes).T), (case.n, rows)
+        return (lambda: x @ k.dequant(m).T), (case.n, rows)
     if op == "rms_norm":
         x = inputs["x"]
         x2 = cp.asarray(x.reshape(-1, case.d))

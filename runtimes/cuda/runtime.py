@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from g4c.config import LayerSpec
-from g4c.errors import DeviceUnavailableError, UnsupportedModelError, UnsupportedQuantError
+from g4c.errors import DeviceUnavailableError, G4CError, UnsupportedModelError, UnsupportedQuantError
 from g4c.model import Model, Weight
 from g4c.plan import MemoryPlan, check_fits, kv_bytes
 from g4c.rope import inv_freq_f32
@@ -33,12 +33,26 @@ from g4c.runtime import EVERY_METHOD, Availability, Capabilities
 from g4c.session import Session
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
-KERNEL_FILES = ("matvec.cu", "norm_rope.cu", "attention.cu")
+KERNEL_FILES = ("matvec.cu", "matvec_direct.cu", "norm_rope.cu", "attention.cu")
 TYPE_NAMES = {QT.F32: "f32", QT.F16: "f16", QT.BF16: "bf16", QT.Q8_0: "q8_0", QT.Q4_0: "q4_0",
               QT.Q5_0: "q5_0", QT.Q4_K: "q4_k", QT.Q5_K: "q5_k", QT.Q6_K: "q6_k"}
-MATVEC_NV = (1, 4, 16)  # compiled batch widths of the fused matvec
+MATVEC_NV = (1, 4, 16)  # compiled batch widths of the staged matvec (matvec.cu)
 MATVEC_WARPS = 4  # warps per block, as in matvec.cu
 MATVEC_ROWS1 = {QT.F32: 2}  # rows per warp of the single-vector matvec (RowsPer in matvec.cu); 4 otherwise
+# The matvec kernels (G4C_CUDA_MATVEC):
+#   direct (default): Q4_0 and Q6_K repacked at upload; one vector on CUDA cores with the
+#     weights loaded straight into registers (mvd_*), 2..16 vectors of Q4_0 and Q6_K on tensor
+#     cores (mvt_*, x as f16 hi + lo: the f32 class), other formats on mvd_*
+#   cores: as direct, but every batch on CUDA cores (mvd_*)
+#   staged: matvec.cu's kernels, weights as stored, staged through shared memory
+MATVEC_PATHS = ("direct", "cores", "staged")
+PACKED = {QT.Q4_0: ("q4_0p", "repack_q4_0"), QT.Q6_K: ("q6_kp", "repack_q6_k")}
+DIRECT_NV = (1, 2, 4, 8, 16)  # compiled batch widths of mvd_*
+DIRECT_CONFIG = {1: (8, 4)}  # batch width -> (rows per block, warps per block) of the runtime's mvd_* launch; (2, 4) otherwise
+MMA_CONFIG = (2, 4)  # (16-row tiles per warp, warps per block) of the runtime's mvt_* launch
+# what matvec_direct.cu also compiles for the device sweep (reports/device/matvec_sweep.py):
+DIRECT_SWEEP = ((4, 4), (16, 4), (8, 8), (4, 8))  # (rows, warps) of mvd_* for one vector, q4_0p and q6_kp
+MMA_SHAPES = ((2, 4, 1), (2, 4, 2), (1, 4, 1), (1, 4, 2), (4, 4, 2), (2, 8, 2))  # (tiles, warps, vector tiles) of mvt_*
 ATT_WARPS, ATT_MAX_D = 4, 512  # as in attention.cu
 ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT = 256, 64  # flash-decoding split of the visible keys
 # a layer's matrices by the input they read: one launch multiplies each group, stacked by rows
@@ -176,6 +190,7 @@ class Kernels:
         backend = "nvcc" if shutil.which("nvcc") else "nvrtc"
         self.module = cp.RawModule(code=source, backend=backend, options=("-std=c++17", f"-arch=sm_{arch}"))
         self._fn = {}
+        self.path = matvec_path()
 
     def fn(self, name: str):
         f = self._fn.get(name)
@@ -183,30 +198,70 @@ class Kernels:
             f = self._fn[name] = self.module.get_function(name)
         return f
 
-    def matvec(self, raw, qtype: QT, n_rows: int, n_cols: int, row_bytes: int, x):
+    def upload(self, raw: np.ndarray, qtype: QT, n_cols: int, path: str | None = None) -> "DeviceMatrix":
+        """A matrix's stored rows (host bytes, n_rows x row_bytes) on the device, in the layout
+        the matvec path reads: Q4_0 and Q6_K repacked on the device (rows padded to 16 bytes)
+        unless the path is staged."""
+        cp = self.cp
+        path = path or self.path
+        n_rows, row_bytes = raw.shape
+        src = cp.asarray(np.ascontiguousarray(raw))
+        if path == "staged" or qtype not in PACKED:
+            return DeviceMatrix(src, qtype, TYPE_NAMES[qtype], n_rows, n_cols, row_bytes, path)
+        fmt, kernel = PACKED[qtype]
+        stride = -(-row_bytes // 16) * 16
+        dst = cp.zeros((n_rows, stride), cp.uint8)
+        units, threads = n_rows * (n_cols // 32), 256
+        self.fn(kernel)(((units + threads - 1) // threads,), (threads,), (
+            src, dst, np.int32(n_rows), np.int32(n_cols // 32), np.int64(row_bytes), np.int64(stride)))
+        return DeviceMatrix(dst, qtype, fmt, n_rows, n_cols, stride, path)
+
+    def matvec(self, m: "DeviceMatrix", x):
         """y (n, n_rows) = x (n, n_cols) @ W^T for n <= 16, W read once."""
         cp = self.cp
         n = x.shape[0]
-        nv = next(v for v in MATVEC_NV if v >= n)
-        y = cp.empty((n, n_rows), cp.float32)
-        threads = 32 * MATVEC_WARPS  # a warp per row, or per ROWS1 rows for one vector
-        rows_per_block = MATVEC_WARPS * (MATVEC_ROWS1.get(qtype, 4) if nv == 1 else 1)
-        blocks = (n_rows + rows_per_block - 1) // rows_per_block
-        self.fn(f"matvec_{TYPE_NAMES[qtype]}_nv{nv}")(
-            (blocks,), (threads,), (raw, cp.ascontiguousarray(x), y, np.int32(n_rows), np.int32(n_cols),
-                                    np.int64(row_bytes), np.int32(n)))
+        x = cp.ascontiguousarray(x)
+        y = cp.empty((n, m.n_rows), cp.float32)
+        args = (np.int32(m.n_rows), np.int32(m.n_cols), np.int64(m.row_bytes), np.int32(n))
+        if m.path == "staged":
+            nv = next(v for v in MATVEC_NV if v >= n)
+            threads = 32 * MATVEC_WARPS  # a warp per row, or per ROWS1 rows for one vector
+            rows_per_block = MATVEC_WARPS * (MATVEC_ROWS1.get(m.qtype, 4) if nv == 1 else 1)
+            blocks = (m.n_rows + rows_per_block - 1) // rows_per_block
+            self.fn(f"matvec_{m.fmt}_nv{nv}")((blocks,), (threads,), (m.raw, x, y, *args))
+        elif n > 1 and m.path == "direct" and m.qtype in PACKED:
+            self.matvec_mma(m, x, y, *MMA_CONFIG)
+        else:
+            nv = next(v for v in DIRECT_NV if v >= n)
+            self.matvec_direct(m, x, y, nv, *DIRECT_CONFIG.get(nv, (2, 4)))
         return y
 
-    def dequant(self, raw, qtype: QT, n_rows: int, n_cols: int, row_bytes: int, rows=None, out=None):
+    def matvec_direct(self, m: "DeviceMatrix", x, y, nv: int, rows: int, warps: int):
+        """mvd_*: CUDA cores, weights straight into registers (the launch shape explicit for the sweep)."""
+        self.fn(f"mvd_{m.fmt}_nv{nv}_r{rows}_w{warps}")((-(-m.n_rows // rows),), (32 * warps,), (
+            m.raw, x, y, np.int32(m.n_rows), np.int32(m.n_cols), np.int64(m.row_bytes), np.int32(x.shape[0])))
+
+    def matvec_mma(self, m: "DeviceMatrix", x, y, tiles: int, warps: int, nt: int | None = None):
+        """mvt_*: tensor cores, x split into f16 hi + lo by split_x first; nt tiles of 8
+        vectors (by default as few as hold x's)."""
+        cp, n = self.cp, x.shape[0]
+        nt = nt or (1 if n <= 8 else 2)
+        xs, inv = cp.empty(16 * nt * m.n_cols, cp.uint16), cp.empty(8 * nt, cp.float32)
+        self.fn("split_x")((8 * nt,), (256,), (x, xs, inv, np.int32(m.n_cols), np.int32(n)))
+        self.fn(f"mvt_{m.fmt}_nt{nt}_m{tiles}_w{warps}")((-(-m.n_rows // (16 * tiles)),), (32 * warps,), (
+            m.raw, xs, inv, y, np.int32(m.n_rows), np.int32(m.n_cols), np.int64(m.row_bytes), np.int32(n)))
+
+    def dequant(self, m: "DeviceMatrix", rows=None, out=None):
+        """Rows of m (all, or rows[i]) as float32."""
         cp = self.cp
-        n_out = n_rows if rows is None else len(rows)
+        n_out = m.n_rows if rows is None else len(rows)
         if out is None:
-            out = cp.empty((n_out, n_cols), cp.float32)
-        units = n_out * (n_cols // 32)
+            out = cp.empty((n_out, m.n_cols), cp.float32)
+        units = n_out * (m.n_cols // 32)
         threads = 256
-        self.fn(f"dequant_{TYPE_NAMES[qtype]}")(
+        self.fn(f"dequant_{m.fmt}")(
             ((units + threads - 1) // threads,), (threads,),
-            (raw, rows if rows is not None else np.uintp(0), out, np.int32(n_out), np.int32(n_cols), np.int64(row_bytes)))
+            (m.raw, rows if rows is not None else np.uintp(0), out, np.int32(n_out), np.int32(m.n_cols), np.int64(m.row_bytes)))
         return out
 
     def rms_norm(self, x, w, eps: float):
@@ -236,20 +291,27 @@ class Kernels:
         return x
 
 
-class _DeviceWeight:
-    """A matrix on the device in its stored format: one tensor, or tensors of one format
-    and width stacked by rows."""
+class DeviceMatrix:
+    """A matrix on the device: its rows in the stored format (fmt "q4_0p" or "q6_kp": repacked,
+    rows padded to row_bytes), one tensor or tensors of one format and width stacked by rows,
+    and the matvec path it was uploaded for."""
 
-    def __init__(self, cp, ws: Sequence[Weight]):
-        self.qtype, self.n_cols = ws[0].qtype, ws[0].n_cols
-        self.row_bytes = ws[0].raw.shape[1]
-        self.n_rows = sum(w.n_rows for w in ws)
-        self.raw = cp.empty((self.n_rows, self.row_bytes), cp.uint8)
-        r = 0
-        for w in ws:
-            self.raw[r : r + w.n_rows] = cp.asarray(np.ascontiguousarray(w.raw))
-            r += w.n_rows
-        self.nbytes = sum(w.nbytes for w in ws)
+    def __init__(self, raw, qtype: QT, fmt: str, n_rows: int, n_cols: int, row_bytes: int, path: str):
+        self.raw, self.qtype, self.fmt, self.path = raw, qtype, fmt, path
+        self.n_rows, self.n_cols, self.row_bytes = n_rows, n_cols, row_bytes
+
+
+def matvec_path() -> str:
+    path = os.environ.get("G4C_CUDA_MATVEC", "direct")
+    if path not in MATVEC_PATHS:
+        raise G4CError(f"G4C_CUDA_MATVEC={path!r}: choose one of {', '.join(MATVEC_PATHS)}")
+    return path
+
+
+def upload(k: Kernels, ws: Sequence[Weight]) -> DeviceMatrix:
+    """Tensors of one format and width, stacked by rows, on the device."""
+    raw = ws[0].raw if len(ws) == 1 else np.concatenate([np.asarray(w.raw) for w in ws])
+    return k.upload(raw, ws[0].qtype, ws[0].n_cols)
 
 
 class CudaSession(Session):
@@ -272,10 +334,10 @@ class CudaSession(Session):
         self.plan = check_fits(lambda n: CudaRuntime.memory_plan(model, n, n_seq), max_context, c.n_ctx_train,
                                free, f"{model.path} on cuda")
         # (layer, group) -> its matrices, usually one
-        self.mats = {(s.index, g): [_DeviceWeight(cp, run) for run in runs]
+        self.mats = {(s.index, g): [upload(k, run) for run in runs]
                      for s in c.layers for g, runs in stacks(model, s).items()}
-        self.embd = _DeviceWeight(cp, [model.weight("token_embd.weight")])
-        self.head = self.embd if c.tied_output else _DeviceWeight(cp, [model.weight("output.weight")])
+        self.embd = upload(k, [model.weight("token_embd.weight")])
+        self.head = self.embd if c.tied_output else upload(k, [model.weight("output.weight")])
         self.norm = {key: cp.asarray(v) for key, v in model.norm_vectors().items()}
         self.out_scale = model.output_scales()
         self.output_norm = cp.asarray(model.weight("output_norm.weight").vector())
@@ -362,14 +424,13 @@ class CudaSession(Session):
         ys = [self._mm_w(x, w) for w in self.mats[layer, group]]
         return ys[0] if len(ys) == 1 else self.cp.concatenate(ys, axis=1)
 
-    def _mm_w(self, x, w: _DeviceWeight):
+    def _mm_w(self, x, w: DeviceMatrix):
         if x.shape[0] <= MATVEC_NV[-1]:
-            return self.k.matvec(w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes, x)
+            return self.k.matvec(w, x)
         need = w.n_rows * w.n_cols
         if self._scratch is None or self._scratch.size < need:
             self._scratch = self.cp.empty(need, self.cp.float32)
-        dense = self.k.dequant(w.raw, w.qtype, w.n_rows, w.n_cols, w.row_bytes,
-                               out=self._scratch[:need].reshape(w.n_rows, w.n_cols))
+        dense = self.k.dequant(w, out=self._scratch[:need].reshape(w.n_rows, w.n_cols))
         return x @ dense.T
 
     def _host_inputs(self, toks, seqs, pos) -> dict:
@@ -397,7 +458,7 @@ class CudaSession(Session):
         so a decode step can be captured as a CUDA graph."""
         c = self.cfg
         e = self.embd
-        x = self.k.dequant(e.raw, e.qtype, e.n_rows, e.n_cols, e.row_bytes, rows=dev["ids"]) * np.float32(c.embd_scale)
+        x = self.k.dequant(e, rows=dev["ids"]) * np.float32(c.embd_scale)
         if self.trace is not None:
             self.trace.clear()
         # each layer's input norm, then the output norm: a layer ends by computing the next one

@@ -17,3 +17,14 @@ inline float __half2float(__half h) {
     return (float)f;
 }
 inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
+inline __half __float2half_rn(float f) {
+    _Float16 h = (_Float16)f;  // round to nearest even, as the GPU's
+    __half r;
+    memcpy(&r.x, &h, 2);
+    return r;
+}
+inline __half2 __halves2half2(__half a, __half b) { return __half2{a, b}; }
+inline __half2 __hsub2(__half2 a, __half2 b) {
+    return __half2{__float2half_rn(__half2float(a.x) - __half2float(b.x)), __float2half_rn(__half2float(a.y) - __half2float(b.y))};
+}

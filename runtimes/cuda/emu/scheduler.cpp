@@ -75,6 +75,7 @@ struct Fiber {
     unsigned mask;  // of the warp barrier it waits at
     int parity;     // which exchange buffer its next shuffle writes
     dim3 index;     // threadIdx
+    int gparity;    // which gather buffer its next gather writes
 };
 
 struct Worker {
@@ -84,6 +85,7 @@ struct Worker {
     void* home = nullptr;  // the scheduler's stack pointer while a fiber runs
     int current = 0;
     uint64_t exchange[2][MAX_THREADS];
+    unsigned char gather[2][MAX_THREADS][64];
 };
 
 thread_local Worker* worker;
@@ -154,7 +156,7 @@ bool run_block(Worker* w, long id) {
         frame[6] = (void*)fiber_main;
         frame[7] = nullptr;
         dim3 index{(unsigned)(t % b.x), (unsigned)(t / b.x % b.y), (unsigned)(t / (b.x * b.y))};
-        w->fibers[t] = Fiber{frame, READY, 0, 0, index};
+        w->fibers[t] = Fiber{frame, READY, 0, 0, index, 0};
     }
     for (int round = 0;; round++) {
         for (int i = 0; i < n; i++) {
@@ -251,6 +253,16 @@ extern "C" uint64_t g4c_emu_exchange(unsigned mask, uint64_t bits, int src) {
     w->exchange[b][t] = bits;
     wait_at(AT_WARP, mask);
     return w->exchange[b][(t & ~31) + src];
+}
+
+extern "C" void g4c_emu_gather(unsigned mask, const void* mine, int n, void* all) {
+    // double-buffered as the exchange is
+    Worker* w = worker;
+    int t = w->current, b = w->fibers[t].gparity;
+    w->fibers[t].gparity ^= 1;
+    memcpy(w->gather[b][t], mine, n);
+    wait_at(AT_WARP, mask);
+    for (int l = 0; l < 32; l++) memcpy((char*)all + l * n, w->gather[b][(t & ~31) + l], n);
 }
 
 // Run kernel fn over grid x block with n_args arguments of the given type codes (p pointer,

@@ -23,6 +23,21 @@ typedef long long int64_t;
 #define T_Q4_K 12
 #define T_Q5_K 13
 #define T_Q6_K 14
+// Q4_0 and Q6_K repacked at upload (repack_* in matvec_direct.cu): the same bytes per row,
+// regrouped so that a lane loads a 32-weight unit's quants in one 16-byte piece
+#define T_Q4_0P 102
+#define T_Q6_KP 114
+
+__device__ __forceinline__ __half2 u32_as_half2(uint32_t u) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+__device__ __forceinline__ uint32_t half2_as_u32(__half2 h) {
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
 
 __device__ __forceinline__ float f16_at(const uint8_t* p) {
     return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
@@ -142,4 +157,52 @@ template <> __device__ __forceinline__ void load_unit<T_Q6_K>(const uint8_t* row
         int q = ((ql[i] >> lshift) & 0xF) | (((qh[i] >> hshift) & 3) << 4);
         w[i] = d * (float)scales[i >> 4] * (float)(q - 32);
     }
+}
+
+// The packed layouts (rows padded to 16 bytes). In both, the unit's quants are 16 bytes whose
+// 32-bit word t holds, in its bytes b = 0..3, the low nibble of weight i = 2t + (b & 1) +
+// 8 (b >> 1) and the high nibble of weight i + 16: the order of an mma.m16n8k16 A fragment,
+// so a tensor-core lane reads its word and a CUDA-core lane all four.
+//   Q4_0P row: quants (16 B per unit) | f16 scale per unit (2 B)
+//   Q6_KP row: low 4 bits (16 B per unit) | high 2 bits (8 B per unit: 16 bits per word t,
+//     its low byte the 2-bit highs of word t's low nibbles at bits 2b, its high byte those of
+//     the high nibbles) | the unit's two int8 sub-scales (weights 0..15, 16..31) | f16 scale
+//     per super-block of 8 units
+__device__ __forceinline__ int packed_weight(int t, int b) { return 2 * t + (b & 1) + 8 * (b >> 1); }
+
+// load_unit for any format, given the row's unit count (the packed layouts need it)
+template <int T> __device__ __forceinline__ void load_unit_n(const uint8_t* row, int u, int n_units, float* w) {
+    load_unit<T>(row, u, w);
+}
+
+template <> __device__ __forceinline__ void load_unit_n<T_Q4_0P>(const uint8_t* row, int u, int n_units, float* w) {
+    const uint8_t* q = row + 16 * u;
+    float d = f16_at(row + 16 * n_units + 2 * u);
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            uint8_t v = q[4 * t + b];
+            int i = packed_weight(t, b);
+            w[i] = d * (float)((int)(v & 0xF) - 8);
+            w[i + 16] = d * (float)((int)(v >> 4) - 8);
+        }
+}
+
+template <> __device__ __forceinline__ void load_unit_n<T_Q6_KP>(const uint8_t* row, int u, int n_units, float* w) {
+    const uint8_t* q = row + 16 * u;
+    const uint8_t* qh = row + 16 * n_units + 8 * u;
+    const int8_t* sc = (const int8_t*)(row + 24 * n_units + 2 * u);
+    float d = f16_at(row + 26 * n_units + 2 * (u >> 3));
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            uint8_t v = q[4 * t + b];
+            int i = packed_weight(t, b);
+            int lo = (v & 0xF) | (((qh[2 * t] >> (2 * b)) & 3) << 4);
+            int hi = (v >> 4) | (((qh[2 * t + 1] >> (2 * b)) & 3) << 4);
+            w[i] = d * (float)sc[0] * (float)(lo - 32);  // as load_unit<T_Q6_K>: the same float
+            w[i + 16] = d * (float)sc[1] * (float)(hi - 32);
+        }
 }

@@ -163,7 +163,7 @@ __device__ void dequant_rows(const uint8_t* __restrict__ W, const long long* __r
     int r = (int)(unit / units_per_row), u = (int)(unit % units_per_row);
     long src = rows ? rows[r] : r;
     float w[32];
-    load_unit<T>(W + src * row_bytes, u, w);
+    load_unit_n<T>(W + src * row_bytes, u, units_per_row, w);
     float4* o = (float4*)(out + (long)r * n_cols + u * 32);
 #pragma unroll
     for (int i = 0; i < 8; i++) o[i] = make_float4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
@@ -195,3 +195,13 @@ FORMAT(q5_0, T_Q5_0)
 FORMAT(q4_k, T_Q4_K)
 FORMAT(q5_k, T_Q5_K)
 FORMAT(q6_k, T_Q6_K)
+
+// the packed layouts' dequantize (the prefill's matrices, the embedding lookup); their
+// matvecs are in matvec_direct.cu
+#define DEQUANT(NAME, T)                                                                                           \
+    extern "C" __global__ void dequant_##NAME(const uint8_t* W, const long long* rows, float* out, int n_out_rows,  \
+                                              int n_cols, long row_bytes) {                                         \
+        dequant_rows<T>(W, rows, out, n_out_rows, n_cols, row_bytes);                                               \
+    }
+DEQUANT(q4_0p, T_Q4_0P)
+DEQUANT(q6_kp, T_Q6_KP)
