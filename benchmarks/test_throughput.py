@@ -18,6 +18,8 @@ means a second prefill of the whole depth.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -66,16 +68,23 @@ def test_tg(benchmark, bench_runtime, bench_model, rounds, record, n_gen):
         sess.reset()
         sess.prefill(toks[:1], 0, all_logits=False)
 
+    step_ms: list[list[float]] = []  # per round, each step's wall time (decode returns host logits: finished)
+
     def run():
+        times = []
         for t in toks[1:]:
+            t0 = time.perf_counter()
             out = sess.decode([t])
+            times.append(round((time.perf_counter() - t0) * 1e3, 4))
+        step_ms.append(times)
         return out
 
     timed = benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
     bench.check_decode(sess, bench_model, toks, timed[0], for_runtime(bench_runtime), f"tg{n_gen}'s last decode")
-    # mean depth n_gen/2: the KV read is small beside the weights, counted all the same
+    # mean depth n_gen/2: the KV read is small beside the weights, counted all the same; each
+    # timed round's step times kept, so a spike (a graph capture, a cache reallocation) shows
     record(f"tg{n_gen}", n_gen, bench.decode_weight_bytes(bench_model) + _kv_read(bench_runtime, bench_model, n_gen // 2),
-           n_gen)
+           n_gen, step_ms=step_ms[1:])
 
 
 def test_tg_at_depth(benchmark, bench_runtime, bench_model, rounds, record, depth):

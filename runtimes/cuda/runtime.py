@@ -9,8 +9,8 @@ Around the matvecs a layer is four launches: the per-head norms and RoPE of q, k
 attention in two (its splits, then their merge with the cache store); and the residual add
 of each sub-layer fused with the norm that follows it. The KV cache lives on the device,
 slots as the session's KV plan (g4c.session.KVPlan) assigns them: a ring of W slots on
-sliding layers (attention reads a batch's own keys from the batch), a growing buffer on
-full layers.
+sliding layers (attention reads a batch's own keys from the batch), max_context slots on
+full layers, allocated at load so that the decode step's CUDA graph is captured once.
 """
 
 from __future__ import annotations
@@ -291,6 +291,44 @@ class Kernels:
         return x
 
 
+def _pinned(cp, shape, dtype) -> np.ndarray:
+    """A host array in page-locked memory (copies to and from it run asynchronously, at full
+    speed), or an ordinary one where the array module has none (the emulator)."""
+    alloc = getattr(cp.cuda, "alloc_pinned_memory", None)
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if alloc is None:
+        return np.empty(shape, dtype)
+    return np.frombuffer(alloc(n), dtype, int(np.prod(shape))).reshape(shape)
+
+
+class _Staging:
+    """A decode step's inputs in one pinned host buffer and one device buffer of the same
+    layout (each array 8-byte aligned): a step packs them on the host and crosses in one
+    copy, and the device arrays (views of the device buffer) keep their addresses, as a
+    captured graph needs. Scalars pass through as they are."""
+
+    def __init__(self, cp, host: dict):
+        self.cp, self.slots, off = cp, {}, 0
+        for k, v in host.items():
+            if isinstance(v, np.ndarray):
+                self.slots[k] = (off, v.dtype, v.shape)
+                off += -(-v.nbytes // 8) * 8
+        self.host = _pinned(cp, (max(off, 8),), np.uint8)
+        self.dev = cp.empty(max(off, 8), cp.uint8)
+        self.views = {k: self.dev[o : o + int(np.prod(shp)) * dt.itemsize].view(dt).reshape(shp)
+                      for k, (o, dt, shp) in self.slots.items()}
+
+    def device(self, host: dict, stream) -> dict:
+        """host's arrays copied in (same shapes as at construction), as the device dict the forward reads."""
+        for k, (o, dt, shp) in self.slots.items():
+            self.host[o : o + int(np.prod(shp)) * dt.itemsize].view(dt).reshape(shp)[...] = host[k]
+        if hasattr(self.dev, "set"):
+            self.dev.set(self.host, stream=stream)
+        else:  # the emulator's arrays are host memory
+            self.dev[...] = self.host
+        return {k: self.views.get(k, v) for k, v in host.items()}
+
+
 class DeviceMatrix:
     """A matrix on the device: its rows in the stored format (fmt "q4_0p" or "q6_kp": repacked,
     rows padded to row_bytes), one tensor or tensors of one format and width stacked by rows,
@@ -354,7 +392,8 @@ class CudaSession(Session):
             if s.sliding:
                 shape = (n_seq, self.ring, s.n_head_kv, s.head_dim)
                 self.kv_cache[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
-        self._grow_full(16)
+        self._alloc_full()
+        self.captures = 0  # decode graphs captured: one per session, unless graphs fail
 
     def _decode(self, toks: np.ndarray, pos: np.ndarray) -> np.ndarray:
         seqs = np.arange(self.n_seq)
@@ -363,42 +402,34 @@ class CudaSession(Session):
         return self._forward(toks, seqs, pos, True)
 
     # -- internals -----------------------------------------------------------------------
-    def _grow_full(self, need: int) -> bool:
-        """Full-layer caches to `need` slots per sequence (KVPlan: slot = position - base).
-        True when they were reallocated (a captured graph then points at freed buffers)."""
-        if need <= self.full_cap:
-            return False
+    def _alloc_full(self):
+        """Full-layer caches of max_context slots per sequence (KVPlan: slot = position - base),
+        allocated once at load as the memory plan reserves them: a captured decode graph's
+        pointers then stay valid for the session's life (no re-capture as the context grows)."""
         cp = self.cp
-        cap = self.kv.grown(self.full_cap, need)
         for s in self.cfg.layers:
-            if s.sliding:
-                continue
-            shape = (self.n_seq, cap, s.n_head_kv, s.head_dim)
-            k, v = cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32)
-            if self.full_cap:
-                old_k, old_v = self.kv_cache[s.index]
-                k[:, : self.full_cap], v[:, : self.full_cap] = old_k, old_v
-            self.kv_cache[s.index] = (k, v)
-        self.full_cap = cap
-        self._graph = None
-        return True
+            if not s.sliding:
+                shape = (self.n_seq, self.max_context, s.n_head_kv, s.head_dim)
+                self.kv_cache[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
+        self.full_cap = self.max_context
 
     def _decode_graph(self, toks, seqs, pos) -> np.ndarray:
         """One decode step replayed from a CUDA graph: no Python between its ~1300 kernels.
 
-        The first step (and the first after the full-layer cache grows) runs eagerly and then
-        captures the same forward on a private memory pool that lives as long as the graph,
-        with every input in a persistent device buffer and scratch sized to the cache
-        capacity, so that kernel arguments do not change between steps."""
+        The first step runs eagerly and then captures the same forward on a private memory
+        pool that lives as long as the graph, with every input in a persistent device buffer
+        and scratch sized to the cache capacity (max_context), so that kernel arguments do not
+        change between steps and the graph is captured once per session. Each step's inputs
+        cross from one pinned host buffer in one copy."""
         cp = self.cp
-        self._grow_full(self.kv.full_needed(seqs, pos, self.base))
         host = self._host_inputs(toks, seqs, pos)
         host["max_keys_sliding"], host["max_keys_full"] = self.ring, self.full_cap
         g = self._graph
         if g is None:
             pool, stream = cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True)
             with cp.cuda.using_allocator(pool.malloc), stream:
-                dev = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
+                staging = _Staging(cp, host)
+                dev = staging.device(host, stream)
                 result = cp.asnumpy(self._run(dev, True))  # this step's logits, and the warm-up
                 try:
                     stream.begin_capture()
@@ -410,15 +441,17 @@ class CudaSession(Session):
                     self.graphs = False
                     self.graph_error = f"{type(e).__name__}: {e}"
                     return result
-            self._graph = {"graph": graph, "dev": dev, "out": out, "pool": pool, "stream": stream}
+            self._graph = {"graph": graph, "staging": staging, "out": out, "pool": pool, "stream": stream,
+                           "logits": _pinned(cp, out.shape, np.float32)}
+            self.captures += 1
             return result
         stream = g["stream"]
         with stream:
-            for k, v in host.items():
-                if isinstance(v, np.ndarray):
-                    g["dev"][k].set(v)
+            g["staging"].device(host, stream)
             g["graph"].launch(stream)
-            return g["out"].get(stream=stream)
+            g["out"].get(stream=stream, out=g["logits"])
+            stream.synchronize()
+            return g["logits"].copy()
 
     def _mm(self, x, layer: int, group: str):
         ys = [self._mm_w(x, w) for w in self.mats[layer, group]]
@@ -448,7 +481,6 @@ class CudaSession(Session):
         }
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
-        self._grow_full(self.kv.full_needed(seqs, pos, self.base))
         host = self._host_inputs(toks, seqs, pos)
         dev = {k: (self.cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in host.items()}
         return self.cp.asnumpy(self._run(dev, all_logits))
