@@ -88,6 +88,7 @@ def main(out_path: str) -> None:
     tg(4, sess, toks(16))  # warm-up
     dt = tg(128, sess, toks(16))
     res["tg128_tokens_per_s"] = 128 / dt
+    res["decode_graph_captures"] = sess.captures  # 1: captured once for the session
     res["tg128_ms_per_token"] = dt / 128 * 1e3
     res["tg128_weight_GBps"] = model.weight_bytes * 128 / dt / 1e9
     # roofline: weight bytes per token over the measured copy bandwidth (bytes read + written)

@@ -175,7 +175,8 @@ class cupy:  # noqa: N801 - stands where the cupy module does
 
     cuda = _Cuda
     RawModule = RawModule
-    float32, uint8, uint16 = np.float32, np.uint8, np.uint16
+    float32, uint8, uint16, uint32 = np.float32, np.uint8, np.uint16, np.uint32
+    full, copyto = staticmethod(np.full), staticmethod(np.copyto)
     empty, zeros, empty_like = staticmethod(np.empty), staticmethod(np.zeros), staticmethod(np.empty_like)
     ascontiguousarray, concatenate = staticmethod(np.ascontiguousarray), staticmethod(np.concatenate)
 
