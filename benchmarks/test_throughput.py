@@ -10,7 +10,9 @@ row of the vocabulary's length, finite, not constant: g4c.bench.check_row) and, 
 way costs about one round, the right thing: pp's last logits against prefilling all but the
 last token then decoding it (g4c.bench.check_prefill); tg's last decode, and batched decode's
 last sequence, against one prefill of the same tokens (g4c.bench.check_decode); the greedy
-token must agree, or tie within the runtime's tolerance. NaN, all-zero logits, a prefill
+token must agree, or tie within the runtime's tolerance. On the 12b preset pp also prefills
+the golden prompt and holds its logits to the float64 goldens (g4c.bench.check_goldens, the
+limits of conformance/test_real_dims.py); its row records the result under "golden". NaN, all-zero logits, a prefill
 returning another row than the last, a decode that ignores or loses its cache and a batch whose
 rows read other sequences' caches fail there. The depth tests check the row only: a second way
 means a second prefill of the whole depth.
@@ -56,8 +58,13 @@ def test_pp(benchmark, bench_runtime, bench_model, rounds, record, n_prompt):
     toks = _tokens(bench_model, n_prompt)
     timed = benchmark.pedantic(lambda: sess.prefill(toks, 0, all_logits=False), setup=sess.reset,
                                rounds=rounds, warmup_rounds=1)
-    bench.check_prefill(sess, bench_model, toks, timed[-1], for_runtime(bench_runtime), f"pp{n_prompt}'s last logits")
-    record(f"pp{n_prompt}", n_prompt, bench.decode_weight_bytes(bench_model), 1)
+    tol = for_runtime(bench_runtime)
+    bench.check_prefill(sess, bench_model, toks, timed[-1], tol, f"pp{n_prompt}'s last logits")
+    # on the 12b preset, also against the float64 goldens: the row says whether the output is right
+    golden = bench.check_goldens(sess, bench_model, tol)
+    record(f"pp{n_prompt}", n_prompt, bench.decode_weight_bytes(bench_model), 1,
+           **({"golden": golden} if golden else {}))
+    assert golden is None or golden["ok"], f"{bench_runtime.name} on {bench_model.path}: {golden['message']}"
 
 
 def test_tg(benchmark, bench_runtime, bench_model, rounds, record, n_gen):

@@ -42,7 +42,6 @@ import pytest
 
 from g4c.fixtures import generate, golden12b
 from g4c.fixtures.golden import sha256
-from g4c.compare import nmse
 from g4c.model import Model
 from g4c.plan import GIB, available_host_memory, check_fits
 from g4c.runtime import capabilities, has_method
@@ -131,10 +130,7 @@ def test_real_dims_logits(runtime, tol, metric, real12b, golden, start):
 
     # the tolerance of the tiny presets' whole-row comparisons (g4c.tolerance), plus the
     # measured f32-angle allowance: 2x its max |dlogit|, 4x its NMSE (2x in rms)
-    angles = gold["f32_angles"].values()
-    allowance = 2 * max(d["max_abs"] for d in angles)
-    max_abs_limit = tol.logit_max_abs(model.config, np.array([r["max_abs"] for r in gold["rows"]])) + allowance
-    nmse_limit = tol.logit_nmse + 4 * max(d["nmse_compared"] for d in angles)
+    max_abs_limit, nmse_limit, allowance = golden12b.limits(tol, model.config, gold)
     metric("max_abs_limit", max_abs_limit)
     metric("nmse_limit", nmse_limit)
     metric("f32_angle_allowance", allowance)
@@ -146,20 +142,14 @@ def test_real_dims_logits(runtime, tol, metric, real12b, golden, start):
 
 def _check_golden_ids(got, gold, sample, max_abs_limit, nmse_limit, where, limits, metric) -> None:
     """NMSE and max |dlogit| over every logit the golden holds."""
-    compared = [golden12b.compared(row, sample) for row in gold["rows"]]
-    got_sub = np.concatenate([got[i, ids] for i, (ids, _) in enumerate(compared)])
-    ref_sub = np.concatenate([vals for _, vals in compared])
-    diff = np.abs(got_sub - ref_sub)
-    err, max_abs = nmse(got_sub, ref_sub), float(diff.max())
+    c = golden12b.compare(got, gold, sample)
+    err, max_abs = c["nmse"], c["max_abs"]
     metric("max_abs_dlogit", max_abs)
     metric("nmse", err)
-    metric("compared_entries", len(got_sub))
-    worst = int(np.argmax(diff))
-    row = np.repeat(np.arange(len(compared)), [len(ids) for ids, _ in compared])[worst]
-    token = np.concatenate([ids for ids, _ in compared])[worst]
+    metric("compared_entries", c["entries"])
     assert err <= nmse_limit and max_abs <= max_abs_limit, (
-        f"{where}: max|dlogit| {max_abs:.3g} at position {gold['rows'][row]['position']} token {token} "
-        f"({got_sub[worst]:.6g} vs reference {ref_sub[worst]:.6g}), NMSE {err:.3g} over {len(got_sub)} golden entries; "
+        f"{where}: max|dlogit| {max_abs:.3g} at position {c['position']} token {c['token']} "
+        f"({c['got']:.6g} vs reference {c['ref']:.6g}), NMSE {err:.3g} over {c['entries']} golden entries; "
         f"{limits}")
 
 

@@ -17,6 +17,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from gguf import LlamaFileType
@@ -150,6 +151,31 @@ def check_decode(sess, model: Model, toks: list[int], timed, tol, what: str, seq
     whole = check_row(sess.prefill(toks, 0, seq=seq, all_logits=False)[-1], model.n_vocab,
                       f"{what}, computed by one prefill of its {len(toks)} tokens")
     check_same_greedy(got, whole, tol, model.config, f"{what}: the timed decode against one prefill")
+
+
+def check_goldens(sess, model: Model, tol) -> dict | None:
+    """On the 12b preset's golden file (fixtures/golden/12b-q4_0.json names it), untimed: the
+    golden prompt prefilled at position 0 against the float64 reference's logits, held to the
+    limits conformance/test_real_dims.py holds them to. None on any other model; else a
+    record for the benchmark row, "ok" false when the output is wrong. Resets the session."""
+    from g4c.fixtures import golden12b
+
+    gold = golden12b.load()
+    if Path(str(model.path)).name != gold["fixture"]["file"]:
+        return None
+    start = next(s for s in gold["starts"] if s["start"] == 0)
+    sess.reset()
+    got = np.asarray(sess.prefill(gold["prompt"], 0), np.float64)
+    sess.reset()
+    max_abs_limit, nmse_limit, _ = golden12b.limits(tol, model.config, start)
+    if not np.isfinite(got).all():
+        return {"ok": False, "message": "non-finite logits on the golden prompt"}
+    c = golden12b.compare(got, start, gold["sample_ids"])
+    ok = c["nmse"] <= nmse_limit and c["max_abs"] <= max_abs_limit
+    return {"ok": ok, "nmse": c["nmse"], "max_abs_dlogit": c["max_abs"], "nmse_limit": nmse_limit,
+            "max_abs_limit": max_abs_limit,
+            "message": (f"golden prompt: max|dlogit| {c['max_abs']:.3g} (limit {max_abs_limit:.3g}) at position "
+                        f"{c['position']} token {c['token']}, NMSE {c['nmse']:.3g} (limit {nmse_limit:.3g})")}
 
 
 @lru_cache(maxsize=None)

@@ -347,3 +347,49 @@ def test_depth_benchmark_on_llamacpp_holds_its_depth(llamacpp, tmp_path):
     r = _bench_pytest(*args, "-p", "g4c_low_memory_at_growth", env={"G4C_LLAMACPP_CTX": "256"}, plugin_dir=tmp_path)
     assert "1 skipped" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
     assert "this machine lacks host memory:" in r.stdout and "growing its context for 256 positions held" in r.stdout
+
+
+def _tiny_goldens(model) -> dict:
+    """A golden document of the 12b goldens' form for the tiny fixture: the float64
+    reference's rows of a 5-token prompt at position 0, no f32-angle allowance."""
+    from g4c.conformance.harness import reference_logits
+    from g4c.fixtures import golden12b
+
+    prompt = [7, 300, 12, 45, 99]
+    sample = list(range(0, model.n_vocab, 7))[:64]
+    ref = reference_logits(model, tuple(prompt))
+    rows = [golden12b.row_record(ref[i], i, sample) for i in range(len(prompt))]
+    return {"fixture": {"file": Path(str(model.path)).name}, "prompt": prompt, "sample_ids": sample,
+            "starts": [{"start": 0, "rows": rows, "f32_angles": {"f32": {"max_abs": 0.0, "nmse_compared": 0.0}}}]}
+
+
+def test_benchmark_checks_goldens(monkeypatch):
+    """check_goldens: None on a model that is not the goldens' file; on the goldens' file a
+    right runtime's row is ok, and one whose prefill is off by a logit of 1 at one entry is
+    marked wrong, naming where."""
+    from g4c.fixtures import golden12b
+
+    model = load_model("tiny")
+    rt = CpuRuntime()
+    tol = for_runtime(rt)
+    sess = rt.load(model, 16)
+    assert bench.check_goldens(sess, model, tol) is None  # the real 12b goldens name another file
+    gold = _tiny_goldens(model)
+    monkeypatch.setattr(golden12b, "load", lambda path=None: gold)
+    good = bench.check_goldens(sess, model, tol)
+    assert good["ok"] and good["max_abs_dlogit"] < good["max_abs_limit"], good
+
+    class Off:
+        def __init__(self, s):
+            self.s = s
+
+        def reset(self):
+            self.s.reset()
+
+        def prefill(self, toks, start):
+            out = np.array(self.s.prefill(toks, start))
+            out[2, gold["starts"][0]["rows"][2]["top_k_ids"][0]] += 1.0
+            return out
+
+    bad = bench.check_goldens(Off(sess), model, tol)
+    assert not bad["ok"] and "position 2" in bad["message"], bad
