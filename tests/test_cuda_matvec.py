@@ -1,11 +1,12 @@
 """Every CUDA matvec kernel variant on the emulator against the float64 oracle: the direct
 kernels (mvd_*, CUDA cores, weights straight into registers) in every format and batch
 width and launch shape, the tensor-core kernels (mvt_*, Q4_0 and Q6_K, x as f16 hi + lo) in
-every shape, and the staged kernels (matvec.cu); the repacking of Q4_0 and Q6_K checked bit
+every shape, and the staged kernels (matvec.cu); the prefill's products (f16x3: weights and
+x split into f16 hi + lo for three GEMMs; f32); the repacking of Q4_0 and Q6_K checked bit
 for bit through dequantize. Inputs: every nibble and high-bit pattern (random quant bytes
 under sane scales), row counts that leave partial blocks and tiles, outputs pre-filled with
-NaN (a row the kernel skips shows), and x with outliers of 1e4 beside values of 1e-6 (the
-tensor-core path's prescale and lo half)."""
+NaN (a row the kernel skips shows), and x with outliers of 1e4 beside values of 1e-6, a vector
+up to 1e7 and one below 1e-5 (the f16 paths' prescale and lo half)."""
 
 import re
 
@@ -46,10 +47,13 @@ def vectors(n: int, cols: int, seed: int, outliers: bool) -> np.ndarray:
     if outliers:
         x[:, 5] *= 1e4
         x[:, 7::11] *= 1e-6
+        x[-1] *= 1e3  # up to 1e7: past f16's 65504 unless prescaled
+        if n > 1:
+            x[0] *= 1e-9  # at most 1e-5, most below f16's normal range unless prescaled
     return x
 
 
-def check(y, raw, qtype, cols, x, what, mma=False):
+def check(y, raw, qtype, cols, x, what, mma=False, split=False):
     """y against the float64 product of the dequantized rows. The bound per output: f32
     accumulation over cols products, 2^-24 per addition, taken as cols * 2^-24 * sum|w x|
     (a worst case); the tensor-core path adds its representation of x, hi + lo in f16 after
@@ -61,6 +65,9 @@ def check(y, raw, qtype, cols, x, what, mma=False):
     bound = cols * 2.0 ** -24 * (np.abs(x64) @ np.abs(w).T)
     if mma:
         bound += 2.0 ** -22 * np.abs(x64).max(1, keepdims=True) * np.abs(w).sum(1)[None, :]
+    if split:  # the prefill's f16x3: w and x each hi + lo to 2^-22 of their row's largest value, lo x lo dropped
+        bound += 2.0 ** -21 * (np.abs(x64).max(1, keepdims=True) * np.abs(w).sum(1)[None, :]
+                               + np.abs(x64).sum(1, keepdims=True) * np.abs(w).max(1)[None, :])
     assert not np.isnan(y).any(), f"{what}: rows left unwritten (NaN) at {np.argwhere(np.isnan(y))[:5].tolist()}"
     err = np.abs(y - ref)
     bad = np.argwhere(err > bound)
@@ -123,6 +130,20 @@ def test_runtime_choice(k, qtype, n, path):
     m = k.upload(raw, qtype, cols, path=path)
     x = vectors(n, cols, 30 + n, outliers=False)
     check(k.matvec(m, x), raw, qtype, cols, x, f"{path} {m.fmt} n{n}", mma=path == "direct" and n > 1)
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("prefill", ["f16x3", "f32"])
+@pytest.mark.parametrize("path", ["direct", "staged"])
+def test_prefill_products(k, qtype, prefill, path, monkeypatch):
+    """Kernels.matmul, the prefill's product of more than 16 rows, on both prefill paths,
+    over the weights as each matvec path stores them."""
+    monkeypatch.setattr(k, "prefill", prefill)
+    rows, cols, n = 21, 512, 19
+    raw = weights(qtype, rows, cols, 5)
+    m = k.upload(raw, qtype, cols, path=path)
+    x = vectors(n, cols, 6, outliers=True)
+    check(k.matmul(m, x), raw, qtype, cols, x, f"matmul {prefill} {m.fmt}", split=prefill == "f16x3")
 
 
 @pytest.mark.parametrize("qtype", list(PACKED), ids=lambda q: q.name)

@@ -52,8 +52,8 @@ def _prepare(k, case: OpCase, inputs: dict):
         x = cp.asarray(inputs["x"])
         if op == "matvec":
             return (lambda: k.matvec(m, x)), (case.n, rows)
-        # prefill, as CudaSession._mm_w: the matrix dequantized, then cuBLAS
-        return (lambda: x @ k.dequant(m).T), (case.n, rows)
+        # prefill, as CudaSession._mm_w: the prefill path's product (cuBLAS)
+        return (lambda: k.matmul(m, x)), (case.n, rows)
     if op == "rms_norm":
         x = inputs["x"]
         x2 = cp.asarray(x.reshape(-1, case.d))

@@ -46,6 +46,13 @@ MATVEC_ROWS1 = {QT.F32: 2}  # rows per warp of the single-vector matvec (RowsPer
 #   cores: as direct, but every batch on CUDA cores (mvd_*)
 #   staged: matvec.cu's kernels, weights as stored, staged through shared memory
 MATVEC_PATHS = ("direct", "cores", "staged")
+# The prefill's products (more than 16 rows; G4C_CUDA_PREFILL):
+#   f16x3 (default): weights dequantized per row and x per row, each prescaled by a power of two
+#     and split into f16 hi + lo, then three cuBLAS f16 GEMMs with f32 accumulation (hi hi, lo
+#     hi, hi lo): tensor cores, results to 2^-21 of max|w| sum|x| + max|x| sum|w|, inside the
+#     f32 class (whose bound grows with the dot length: 3840 * 2^-24 = 2^-12)
+#   f32: weights dequantized to f32, one cuBLAS f32 GEMM
+PREFILL_PATHS = ("f16x3", "f32")
 PACKED = {QT.Q4_0: ("q4_0p", "repack_q4_0"), QT.Q6_K: ("q6_kp", "repack_q6_k")}
 DIRECT_NV = (1, 2, 4, 8, 16)  # compiled batch widths of mvd_*
 DIRECT_CONFIG = {1: (8, 4)}  # batch width -> (rows per block, warps per block) of the runtime's mvd_* launch; (2, 4) otherwise
@@ -191,6 +198,9 @@ class Kernels:
         self.module = cp.RawModule(code=source, backend=backend, options=("-std=c++17", f"-arch=sm_{arch}"))
         self._fn = {}
         self.path = matvec_path()
+        self.prefill = os.environ.get("G4C_CUDA_PREFILL", "f16x3")
+        if self.prefill not in PREFILL_PATHS:
+            raise G4CError(f"G4C_CUDA_PREFILL={self.prefill!r}: choose one of {', '.join(PREFILL_PATHS)}")
 
     def fn(self, name: str):
         f = self._fn.get(name)
@@ -250,6 +260,49 @@ class Kernels:
         self.fn("split_x")((8 * nt,), (256,), (x, xs, inv, np.int32(m.n_cols), np.int32(n)))
         self.fn(f"mvt_{m.fmt}_nt{nt}_m{tiles}_w{warps}")((-(-m.n_rows // (16 * tiles)),), (32 * warps,), (
             m.raw, xs, inv, y, np.int32(m.n_rows), np.int32(m.n_cols), np.int64(m.row_bytes), np.int32(n)))
+
+    def matmul(self, m: "DeviceMatrix", x, scratch=None):
+        """y (n, n_rows) = x (n, n_cols) @ W^T for a prefill, on the prefill path; scratch: a
+        float32 buffer of at least n_rows * n_cols values to reuse (the dense or split matrix)."""
+        cp = self.cp
+        need = m.n_rows * m.n_cols
+        if scratch is None or scratch.size < need:
+            scratch = cp.empty(need, cp.float32)
+        if self.prefill == "f32":
+            return x @ self.dequant(m, out=scratch[:need].reshape(m.n_rows, m.n_cols)).T
+        n, K, R = x.shape[0], m.n_cols, m.n_rows
+        ws = scratch[:need].view(cp.uint16)  # rows of K hi then K lo halves: the f32 scratch's bytes
+        inv_w, inv_x = cp.empty(R, cp.float32), cp.empty(n, cp.float32)
+        self.fn(f"dequant_split_{m.fmt}")((R,), (256,), (m.raw, ws, inv_w, np.int32(K), np.int64(m.row_bytes)))
+        xs = cp.empty(2 * n * K, cp.uint16)
+        self.fn("split_x")((n,), (256,), (cp.ascontiguousarray(x), xs, inv_x, np.int32(K), np.int32(n)))
+        y = cp.empty((n, R), cp.float32)
+        self.gemm_f16x3(ws, xs, y, n, R, K)
+        self.fn("unscale")(((n * R + 255) // 256,), (256,), (y, inv_x, inv_w, np.int32(R), np.int64(n * R)))
+        return y
+
+    def gemm_f16x3(self, ws, xs, y, n: int, R: int, K: int):
+        """y (n, R) = Xh Wh^T + Xl Wh^T + Xh Wl^T, f16 operands (rows of K hi then K lo
+        halves), f32 accumulation and output: three cuBLAS gemmEx calls (column-major: y^T
+        = W X^T), on CuPy's handle and current stream."""
+        cp = self.cp
+        if getattr(cp, "emulated", False):  # the emulator: numpy, f16 values exact in f32, f32 sums
+            w, xx = ws.view(np.float16).reshape(R, 2 * K).astype(np.float32), xs.view(np.float16).reshape(n, 2 * K).astype(np.float32)
+            y[...] = xx[:, :K] @ w[:, :K].T
+            y += xx[:, K:] @ w[:, :K].T
+            y += xx[:, :K] @ w[:, K:].T
+            return
+        from cupy_backends.cuda.libs import cublas
+
+        handle = cp.cuda.device.get_cublas_handle()
+        cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+        f16, f32 = getattr(cp.cuda.runtime, "CUDA_R_16F", 2), getattr(cp.cuda.runtime, "CUDA_R_32F", 0)
+        compute = getattr(cublas, "CUBLAS_COMPUTE_32F", 68)
+        one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+        wh, xh = ws.data.ptr, xs.data.ptr
+        for a, b, beta in ((wh, xh, zero), (wh, xh + 2 * K, one), (wh + 2 * K, xh, one)):  # lo: K halves on
+            cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, R, n, K, one.ctypes.data, a, f16, 2 * K,
+                          b, f16, 2 * K, beta.ctypes.data, y.data.ptr, f32, R, compute, cublas.CUBLAS_GEMM_DEFAULT)
 
     def dequant(self, m: "DeviceMatrix", rows=None, out=None):
         """Rows of m (all, or rows[i]) as float32."""
@@ -463,8 +516,7 @@ class CudaSession(Session):
         need = w.n_rows * w.n_cols
         if self._scratch is None or self._scratch.size < need:
             self._scratch = self.cp.empty(need, self.cp.float32)
-        dense = self.k.dequant(w, out=self._scratch[:need].reshape(w.n_rows, w.n_cols))
-        return x @ dense.T
+        return self.k.matmul(w, x, self._scratch)
 
     def _host_inputs(self, toks, seqs, pos) -> dict:
         """Everything a forward reads, as host arrays (uploaded eagerly, or copied into a

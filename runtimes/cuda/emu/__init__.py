@@ -175,6 +175,7 @@ class cupy:  # noqa: N801 - stands where the cupy module does
 
     cuda = _Cuda
     RawModule = RawModule
+    emulated = True  # what has no kernel of ours (cuBLAS) runs in numpy
     float32, uint8, uint16, uint32 = np.float32, np.uint8, np.uint16, np.uint32
     full, copyto = staticmethod(np.full), staticmethod(np.copyto)
     empty, zeros, empty_like = staticmethod(np.empty), staticmethod(np.zeros), staticmethod(np.empty_like)

@@ -249,33 +249,97 @@ __device__ __forceinline__ uint32_t half2_int(uint32_t q2, unsigned short bias_b
     return half2_as_u32(h);
 }
 
-// The vectors as f16 hi + lo, prescaled by a power of two (one block per vector): XS holds
-// NP vectors (those from nv on zero) of hi then lo, each n_cols halves; scale[v] is what the
-// product is divided by.
-extern "C" __global__ void split_x(const float* __restrict__ X, unsigned short* __restrict__ XS, float* __restrict__ inv_scale,
-                                   int n_cols, int nv) {
+// The largest of one value per thread, returned to every thread of the block.
+__device__ __forceinline__ float block_max(float m) {
     __shared__ float red[32];
-    int v = blockIdx.x;
-    float m = 0.f;
-    if (v < nv)
-        for (int i = threadIdx.x; i < n_cols; i += blockDim.x) m = fmaxf(m, fabsf(X[(long)v * n_cols + i]));
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    __syncthreads();
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
     __syncthreads();
     m = 0.f;
     for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, red[w]);
+    return m;
+}
+
+// The power of two that puts m below 2^14 (m < 2^e: 2^(14 - e)); 1 for 0, inf or NaN. Values
+// so scaled split into f16 hi + lo that keep 22 bits of every value down to 2^-8 of m
+// without leaving f16's normal range.
+__device__ __forceinline__ float pow2_scale(float m) {
     int e = 0;
-    if (m > 0.f && isfinite(m)) frexpf(m, &e);  // m < 2^e
-    float scale = ldexpf(1.f, 14 - e);           // the largest |x| * scale below 2^14: f16's hi + lo keep 22 bits
+    if (m > 0.f && isfinite(m)) frexpf(m, &e);
+    return ldexpf(1.f, 14 - e);
+}
+
+// v * scale as f16 hi and lo (v * scale = hi + lo to 2^-22 of the scaled largest value)
+__device__ __forceinline__ void split_store(float v, unsigned short* hi, unsigned short* lo) {
+    __half h = __float2half_rn(v);
+    *hi = __half_as_ushort(h);
+    *lo = __half_as_ushort(__float2half_rn(v - __half2float(h)));
+}
+
+// The vectors as f16 hi + lo, prescaled by a power of two (one block per vector): XS holds
+// the grid's vectors (those from nv on zero) of hi then lo, each n_cols halves; the product
+// is multiplied by inv_scale[v].
+extern "C" __global__ void split_x(const float* __restrict__ X, unsigned short* __restrict__ XS, float* __restrict__ inv_scale,
+                                   int n_cols, int nv) {
+    int v = blockIdx.x;
+    float m = 0.f;
+    if (v < nv)
+        for (int i = threadIdx.x; i < n_cols; i += blockDim.x) m = fmaxf(m, fabsf(X[(long)v * n_cols + i]));
+    float scale = pow2_scale(block_max(m));
     if (threadIdx.x == 0) inv_scale[v] = 1.f / scale;
     unsigned short* hi = XS + (long)v * 2 * n_cols;
-    unsigned short* lo = hi + n_cols;
-    for (int i = threadIdx.x; i < n_cols; i += blockDim.x) {
-        float x = v < nv ? X[(long)v * n_cols + i] * scale : 0.f;
-        __half h = __float2half_rn(x);
-        hi[i] = __half_as_ushort(h);
-        lo[i] = __half_as_ushort(__float2half_rn(x - __half2float(h)));
+    for (int i = threadIdx.x; i < n_cols; i += blockDim.x)
+        split_store(v < nv ? X[(long)v * n_cols + i] * scale : 0.f, hi + i, hi + n_cols + i);
+}
+
+// The prefill's weights: row r of W dequantized, prescaled by a power of two per row and
+// split as split_x splits vectors (one block per row; the row decoded twice, for its largest
+// value and then for the halves). With split_x's vectors, three f16 GEMMs with f32
+// accumulation (hi hi, lo hi, hi lo) give the product to 2^-21 of max|w| sum|x| + max|x| sum|w|.
+template <int T>
+__device__ void dequant_split(const uint8_t* __restrict__ W, unsigned short* __restrict__ out, float* __restrict__ inv_scale,
+                              int n_cols, long row_bytes) {
+    const uint8_t* row = W + (long)blockIdx.x * row_bytes;
+    int n_units = n_cols >> 5;
+    float m = 0.f, w[32];
+    for (int u = threadIdx.x; u < n_units; u += blockDim.x) {
+        load_unit_n<T>(row, u, n_units, w);
+#pragma unroll
+        for (int i = 0; i < 32; i++) m = fmaxf(m, fabsf(w[i]));
     }
+    float scale = pow2_scale(block_max(m));
+    if (threadIdx.x == 0) inv_scale[blockIdx.x] = 1.f / scale;
+    unsigned short* hi = out + (long)blockIdx.x * 2 * n_cols;
+    for (int u = threadIdx.x; u < n_units; u += blockDim.x) {
+        load_unit_n<T>(row, u, n_units, w);
+#pragma unroll
+        for (int i = 0; i < 32; i++) split_store(w[i] * scale, hi + 32 * u + i, hi + n_cols + 32 * u + i);
+    }
+}
+
+#define DEQUANT_SPLIT(NAME, T)                                                                                       \
+    extern "C" __global__ void dequant_split_##NAME(const uint8_t* W, unsigned short* out, float* inv_scale, int n_cols, \
+                                                    long row_bytes) {                                                 \
+        dequant_split<T>(W, out, inv_scale, n_cols, row_bytes);                                                      \
+    }
+DEQUANT_SPLIT(f32, T_F32)
+DEQUANT_SPLIT(f16, T_F16)
+DEQUANT_SPLIT(bf16, T_BF16)
+DEQUANT_SPLIT(q8_0, T_Q8_0)
+DEQUANT_SPLIT(q4_0, T_Q4_0)
+DEQUANT_SPLIT(q5_0, T_Q5_0)
+DEQUANT_SPLIT(q4_k, T_Q4_K)
+DEQUANT_SPLIT(q5_k, T_Q5_K)
+DEQUANT_SPLIT(q6_k, T_Q6_K)
+DEQUANT_SPLIT(q4_0p, T_Q4_0P)
+DEQUANT_SPLIT(q6_kp, T_Q6_KP)
+
+// Y (n x rows) *= inv_x[t] * inv_w[r]: the prescales undone after the GEMMs (powers of two: exact)
+extern "C" __global__ void unscale(float* __restrict__ Y, const float* __restrict__ inv_x, const float* __restrict__ inv_w,
+                                   int n_rows, long total) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) Y[i] *= inv_x[i / n_rows] * inv_w[i % n_rows];
 }
 
 template <int T> struct Mma;
