@@ -292,7 +292,10 @@ class Kernels:
             y += xx[:, K:] @ w[:, :K].T
             y += xx[:, :K] @ w[:, K:].T
             return
-        from cupy_backends.cuda.libs import cublas
+        try:
+            from cupy_backends.cuda.libs import cublas
+        except ImportError:  # where an older CuPy kept it
+            from cupy.cuda import cublas
 
         handle = cp.cuda.device.get_cublas_handle()
         cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
