@@ -9,7 +9,7 @@
                                                                         both runtimes on one file, short runs
 
 Options (each with an environment variable): --bench-model (G4C_BENCH_MODEL; a fixture
-preset or a GGUF path; default tiny), --bench-runtime (G4C_BENCH_RUNTIME; repeatable or
+preset, preset:TYPE such as 12b:Q4_K, or a GGUF path; default tiny), --bench-runtime (G4C_BENCH_RUNTIME; repeatable or
 comma-separated; default every registered runtime, absent ones skipped with the reason; the
 Vulkan load-width probes run only where vulkan is among them), --bench-pp (G4C_BENCH_PP;
 prompt lengths of the prefill test; default 512), --bench-tg (G4C_BENCH_TG; decode lengths of
@@ -105,9 +105,11 @@ def bench_model(request):
     from g4c import fixtures
     from g4c.fixtures.generate import PRESETS
 
-    if spec not in PRESETS:
-        raise pytest.UsageError(f"--bench-model {spec!r} is neither a file nor a fixture preset ({', '.join(PRESETS)})")
-    return Model(fixtures.ensure(spec))
+    preset, _, qtype = spec.partition(":")  # a preset, or preset:TYPE (12b:Q4_K: the 12b preset's matrices in Q4_K)
+    if preset not in PRESETS:
+        raise pytest.UsageError(f"--bench-model {spec!r} is neither a file nor a fixture preset ({', '.join(PRESETS)}), "
+                                "optionally with :TYPE")
+    return Model(fixtures.ensure(preset, qtype or None))
 
 
 @pytest.fixture(scope="session")

@@ -276,7 +276,8 @@ def random_blocks(rng: np.random.Generator, n_rows: int, n_cols: int, qtype: QT,
     Q6_K's codes likewise, a mean of -0.5 steps. With every scale positive, each matrix then
     carries a common all-ones component, which over 48 layers took 99.6% of the residual
     stream's energy: every position gave the same logits, and an attention bug moved them by
-    nothing a test could see. Each block's (Q6_K: sub-block's) scale gets a random sign."""
+    nothing a test could see. Each block's (Q6_K: sub-block's) scale gets a random sign; Q4_K's
+    mins centre each sub-block."""
     lay = layout(qtype)
     nb = n_rows * n_cols // lay.block_size
     raw = np.frombuffer(rng.bytes(nb * lay.type_size), np.uint8).reshape(nb, lay.type_size).copy()
@@ -289,6 +290,15 @@ def random_blocks(rng: np.random.Generator, n_rows: int, n_cols: int, qtype: QT,
         sign = rng.choice(np.array([-1, 1], np.int16), (nb, 16))
         raw[:, 192:208] = ((raw[:, 192:208] % 8 + 1).astype(np.int16) * sign).astype(np.int8).view(np.uint8)
         raw[:, 208:210] = _f16_bytes(np.full(nb, std / (18.5 * 5.05), np.float32))
+    elif lay.qtype == QT.Q4_K:
+        # w = d * sc * q - dmin * m per 32-weight sub-block, q uniform in 0..15 (std 4.6): sub-
+        # scales 1..8 (mean square 25.5) and each min m = round(7.5 sc) with dmin = d, so a
+        # sub-block's weights are d * (sc q - m), centred; the super-block's d a random sign
+        sc = raw[:, 4:12].astype(np.int64) % 8 + 1
+        m = np.rint(7.5 * sc).astype(np.int64)
+        raw[:, 4:16] = _pack_kquant_scales(sc, m)
+        d = _f16_bytes(rng.choice(np.array([-1.0, 1.0], np.float32), nb) * np.float32(std / (4.6 * 5.05)))
+        raw[:, 0:2], raw[:, 2:4] = d, d
     else:
         raise UnsupportedQuantError(f"random blocks are not implemented for {lay.qtype.name}")
     return raw.reshape(n_rows, -1)

@@ -28,8 +28,8 @@ def k():
 
 
 def weights(qtype: QT, rows: int, cols: int, seed: int) -> np.ndarray:
-    """Raw rows of qtype: quantized from random weights, then for Q4_0 and Q6_K every quant
-    byte (and Q6_K's sub-scales) replaced by random bytes, so that every 4-bit and 2-bit
+    """Raw rows of qtype: quantized from random weights, then for Q4_0, Q4_K and Q6_K every
+    quant byte (and the K-quants' sub-scales and mins) replaced by random bytes, so that every 4-bit and 2-bit
     pattern and negative sub-scales occur; the f16 scales stay those of the quantizer."""
     rng = np.random.default_rng(seed)
     raw = quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype).copy()
@@ -39,6 +39,9 @@ def weights(qtype: QT, rows: int, cols: int, seed: int) -> np.ndarray:
     elif qtype == QT.Q6_K:
         b = raw.reshape(rows, -1, 210)
         b[:, :, :208] = rng.integers(0, 256, b[:, :, :208].shape)
+    elif qtype == QT.Q4_K:  # sub-scales, mins and quants random; d and dmin the quantizer's
+        b = raw.reshape(rows, -1, 144)
+        b[:, :, 4:] = rng.integers(0, 256, b[:, :, 4:].shape)
     return raw
 
 
@@ -151,7 +154,7 @@ def test_prefill_products(k, qtype, prefill, path, monkeypatch):
 def test_repack_keeps_every_weight(k, qtype, cols):
     """Dequantized from the packed rows (padded to 16 bytes) and from the stored rows: the
     same floats, bit for bit, and the embedding lookup's row selection reads the packed rows."""
-    if qtype == QT.Q6_K and cols % 256:
+    if qtype in (QT.Q6_K, QT.Q4_K) and cols % 256:  # K-quants: whole super-blocks
         cols = 512
     raw = weights(qtype, 23, cols, 1)
     packed, stored = k.upload(raw, qtype, cols, path="direct"), k.upload(raw, qtype, cols, path="staged")

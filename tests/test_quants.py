@@ -60,9 +60,14 @@ def test_random_blocks_any_scale(qtype, seed, scale, offset):
 
 def test_random_blocks_have_requested_std():
     rng = np.random.default_rng(2)
-    for qtype in (QT.Q4_0, QT.Q8_0, QT.Q6_K):
+    for qtype in (QT.Q4_0, QT.Q8_0, QT.Q6_K, QT.Q4_K):
         w = quants.dequantize(quants.random_blocks(rng, 64, 1024, qtype, 0.02), qtype, 1024)
         assert abs(w.std() / 0.02 - 1) < 0.05, qtype.name
+        # centred block by block: no common component (the all-ones direction that once took
+        # the 12b preset's residual stream); a block's mean within 4 standard errors of 0
+        blocks = w.reshape(-1, 32)
+        assert np.abs(blocks.mean(1)).max() < 4 * 0.02 / np.sqrt(32) * 2, qtype.name
+        assert abs(w.mean()) < 0.02 * 0.01, qtype.name
 
 
 def test_unsupported_type_named():

@@ -4,9 +4,9 @@
 
 1. The device, and its read-only ceiling (a kernel that only reads 1 GiB, 16-byte loads)
    and copy bandwidth, measured in the same run.
-2. Random Q4_0 / Q6_K blocks (every quant byte random, sane f16 scales) in the real shapes:
-   q/k/v stacked 8192 x 3840, o 3840 x 4096, gate+up 30720 x 3840, down 3840 x 15360
-   (Q4_0) and the head 262144 x 3840 (Q6_K); each in enough copies (>= 150 MB in all) that
+2. Random blocks as the 12b preset writes them in the real shapes: q/k/v stacked 8192 x 3840,
+   o 3840 x 4096, gate+up 30720 x 3840, down 3840 x 15360 (Q4_0; the FFN also in Q4_K) and
+   the head 262144 x 3840 (Q6_K); each in enough copies (>= 150 MB in all) that
    launches rotate through more than L2 holds. Stored (for the staged kernels) and repacked.
 3. A correctness gate per variant and N = 1, 2, 4, 8, 16: 64 sampled rows against the
    float64 oracle, outputs pre-filled with NaN, x with outliers (1e4 and 1e-6 values). A
@@ -34,7 +34,9 @@ from g4c.runtimes.cuda.runtime import DIRECT_CONFIG, DIRECT_SWEEP, MMA_SHAPES, C
 
 SHAPES = {  # name: (rows, cols, format) of the 12b preset's sliding layers and head
     "qkv": (8192, 3840, QT.Q4_0), "o": (3840, 4096, QT.Q4_0), "gate_up": (30720, 3840, QT.Q4_0),
-    "down": (3840, 15360, QT.Q4_0), "head": (262144, 3840, QT.Q6_K)}
+    "down": (3840, 15360, QT.Q4_0), "head": (262144, 3840, QT.Q6_K),
+    # the FFN of the 12b preset in Q4_K (--bench-model 12b:Q4_K): does batching pay on a K-quant?
+    "gate_up_q4k": (30720, 3840, QT.Q4_K), "down_q4k": (3840, 15360, QT.Q4_K)}
 NS = (1, 2, 4, 8, 16)
 ROTATE_BYTES = 150 << 20
 SAMPLE_ROWS = 64
@@ -74,16 +76,9 @@ class Clock:
 
 
 def random_rows(qtype: QT, rows: int, cols: int, rng) -> np.ndarray:
-    """Raw rows with every quant byte random and f16 scales of about 1/64 (weights of order 0.1)."""
-    lay = quants.layout(qtype)
-    raw = rng.integers(0, 256, (rows, lay.row_bytes(cols)), dtype=np.uint8)
-    blocks = raw.reshape(rows, -1, lay.type_size)
-    d = (rng.uniform(0.5, 1.5, blocks.shape[:2]) / 64).astype(np.float16).view(np.uint8).reshape(*blocks.shape[:2], 2)
-    if qtype == QT.Q4_0:
-        blocks[:, :, 0:2] = d
-    else:  # Q6_K: d is the super-block's last two bytes; sub-scales stay random int8
-        blocks[:, :, 208:210] = d
-    return raw
+    """Raw rows as the 12b preset writes them (g4c.quants.random_blocks: random codes, scales
+    of random sign, weights of standard deviation 0.02)."""
+    return quants.random_blocks(rng, rows, cols, qtype, 0.02)
 
 
 def variants(n: int, qtype: QT):

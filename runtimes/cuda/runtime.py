@@ -40,9 +40,9 @@ MATVEC_NV = (1, 4, 16)  # compiled batch widths of the staged matvec (matvec.cu)
 MATVEC_WARPS = 4  # warps per block, as in matvec.cu
 MATVEC_ROWS1 = {QT.F32: 2}  # rows per warp of the single-vector matvec (RowsPer in matvec.cu); 4 otherwise
 # The matvec kernels (G4C_CUDA_MATVEC):
-#   direct (default): Q4_0 and Q6_K repacked at upload; one vector on CUDA cores with the
-#     weights loaded straight into registers (mvd_*), 2..16 vectors of Q4_0 and Q6_K on tensor
-#     cores (mvt_*, x as f16 hi + lo: the f32 class), other formats on mvd_*
+#   direct (default): Q4_0, Q4_K and Q6_K repacked at upload; one vector on CUDA cores with
+#     the weights loaded straight into registers (mvd_*), 2..16 vectors of those three on
+#     tensor cores (mvt_*, x as f16 hi + lo: the f32 class), other formats on mvd_*
 #   cores: as direct, but every batch on CUDA cores (mvd_*)
 #   staged: matvec.cu's kernels, weights as stored, staged through shared memory
 MATVEC_PATHS = ("direct", "cores", "staged")
@@ -53,12 +53,12 @@ MATVEC_PATHS = ("direct", "cores", "staged")
 #     f32 class (whose bound grows with the dot length: 3840 * 2^-24 = 2^-12)
 #   f32: weights dequantized to f32, one cuBLAS f32 GEMM
 PREFILL_PATHS = ("f16x3", "f32")
-PACKED = {QT.Q4_0: ("q4_0p", "repack_q4_0"), QT.Q6_K: ("q6_kp", "repack_q6_k")}
+PACKED = {QT.Q4_0: ("q4_0p", "repack_q4_0"), QT.Q4_K: ("q4_kp", "repack_q4_k"), QT.Q6_K: ("q6_kp", "repack_q6_k")}
 DIRECT_NV = (1, 2, 4, 8, 16)  # compiled batch widths of mvd_*
 DIRECT_CONFIG = {1: (8, 4)}  # batch width -> (rows per block, warps per block) of the runtime's mvd_* launch; (2, 4) otherwise
 MMA_CONFIG = (2, 4)  # (16-row tiles per warp, warps per block) of the runtime's mvt_* launch
 # what matvec_direct.cu also compiles for the device sweep (reports/device/matvec_sweep.py):
-DIRECT_SWEEP = ((4, 4), (16, 4), (8, 8), (4, 8))  # (rows, warps) of mvd_* for one vector, q4_0p and q6_kp
+DIRECT_SWEEP = ((4, 4), (16, 4), (8, 8), (4, 8))  # (rows, warps) of mvd_* for one vector, the packed formats
 MMA_SHAPES = ((2, 4, 1), (2, 4, 2), (1, 4, 1), (1, 4, 2), (4, 4, 2), (2, 8, 2))  # (tiles, warps, vector tiles) of mvt_*
 ATT_WARPS, ATT_MAX_D = 4, 512  # as in attention.cu
 ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT = 256, 64  # flash-decoding split of the visible keys
@@ -257,9 +257,11 @@ class Kernels:
         cp, n = self.cp, x.shape[0]
         nt = nt or (1 if n <= 8 else 2)
         xs, inv = cp.empty(16 * nt * m.n_cols, cp.uint16), cp.empty(8 * nt, cp.float32)
-        self.fn("split_x")((8 * nt,), (256,), (x, xs, inv, np.int32(m.n_cols), np.int32(n)))
+        # unit sums of x for a format with mins (Q4_K), else none
+        xsum = cp.empty(8 * nt * (m.n_cols // 32), cp.float32) if m.qtype == QT.Q4_K else np.uintp(0)
+        self.fn("split_x")((8 * nt,), (256,), (x, xs, inv, xsum, np.int32(m.n_cols), np.int32(n)))
         self.fn(f"mvt_{m.fmt}_nt{nt}_m{tiles}_w{warps}")((-(-m.n_rows // (16 * tiles)),), (32 * warps,), (
-            m.raw, xs, inv, y, np.int32(m.n_rows), np.int32(m.n_cols), np.int64(m.row_bytes), np.int32(n)))
+            m.raw, xs, inv, xsum, y, np.int32(m.n_rows), np.int32(m.n_cols), np.int64(m.row_bytes), np.int32(n)))
 
     def matmul(self, m: "DeviceMatrix", x, scratch=None):
         """y (n, n_rows) = x (n, n_cols) @ W^T for a prefill, on the prefill path; scratch: a
@@ -275,7 +277,7 @@ class Kernels:
         inv_w, inv_x = cp.empty(R, cp.float32), cp.empty(n, cp.float32)
         self.fn(f"dequant_split_{m.fmt}")((R,), (256,), (m.raw, ws, inv_w, np.int32(K), np.int64(m.row_bytes)))
         xs = cp.empty(2 * n * K, cp.uint16)
-        self.fn("split_x")((n,), (256,), (cp.ascontiguousarray(x), xs, inv_x, np.int32(K), np.int32(n)))
+        self.fn("split_x")((n,), (256,), (cp.ascontiguousarray(x), xs, inv_x, np.uintp(0), np.int32(K), np.int32(n)))
         y = cp.empty((n, R), cp.float32)
         self.gemm_f16x3(ws, xs, y, n, R, K)
         self.fn("unscale")(((n * R + 255) // 256,), (256,), (y, inv_x, inv_w, np.int32(R), np.int64(n * R)))

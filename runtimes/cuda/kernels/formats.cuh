@@ -26,6 +26,7 @@ typedef long long int64_t;
 // Q4_0 and Q6_K repacked at upload (repack_* in matvec_direct.cu): the same bytes per row,
 // regrouped so that a lane loads a 32-weight unit's quants in one 16-byte piece
 #define T_Q4_0P 102
+#define T_Q4_KP 112
 #define T_Q6_KP 114
 
 __device__ __forceinline__ __half2 u32_as_half2(uint32_t u) {
@@ -164,6 +165,8 @@ template <> __device__ __forceinline__ void load_unit<T_Q6_K>(const uint8_t* row
 // 8 (b >> 1) and the high nibble of weight i + 16: the order of an mma.m16n8k16 A fragment,
 // so a tensor-core lane reads its word and a CUDA-core lane all four.
 //   Q4_0P row: quants (16 B per unit) | f16 scale per unit (2 B)
+//   Q4_KP row: quants (16 B per unit) | the 12-byte 6-bit scales and mins per super-block, as
+//     stored | f16 d and dmin per super-block
 //   Q6_KP row: low 4 bits (16 B per unit) | high 2 bits (8 B per unit: 16 bits per word t,
 //     its low byte the 2-bit highs of word t's low nibbles at bits 2b, its high byte those of
 //     the high nibbles) | the unit's two int8 sub-scales (weights 0..15, 16..31) | f16 scale
@@ -204,5 +207,23 @@ template <> __device__ __forceinline__ void load_unit_n<T_Q6_KP>(const uint8_t* 
             int hi = (v >> 4) | (((qh[2 * t + 1] >> (2 * b)) & 3) << 4);
             w[i] = d * (float)sc[0] * (float)(lo - 32);  // as load_unit<T_Q6_K>: the same float
             w[i + 16] = d * (float)sc[1] * (float)(hi - 32);
+        }
+}
+
+template <> __device__ __forceinline__ void load_unit_n<T_Q4_KP>(const uint8_t* row, int u, int n_units, float* w) {
+    const uint8_t* q = row + 16 * u;
+    const uint8_t* sm = row + 16 * n_units + 12 * (u >> 3);
+    const uint8_t* dd = row + 16 * n_units + 12 * (n_units >> 3) + 4 * (u >> 3);
+    float sc, m;
+    kq_scale_min(sm, u & 7, &sc, &m);
+    float d = f16_at(dd) * sc, dm = f16_at(dd + 2) * m;  // as load_unit<T_Q4_K>: the same floats
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            uint8_t v = q[4 * t + b];
+            int i = packed_weight(t, b);
+            w[i] = d * (float)(v & 0xF) - dm;
+            w[i + 16] = d * (float)(v >> 4) - dm;
         }
 }

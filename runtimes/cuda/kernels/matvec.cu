@@ -204,4 +204,5 @@ FORMAT(q6_k, T_Q6_K)
         dequant_rows<T>(W, rows, out, n_out_rows, n_cols, row_bytes);                                               \
     }
 DEQUANT(q4_0p, T_Q4_0P)
+DEQUANT(q4_kp, T_Q4_KP)
 DEQUANT(q6_kp, T_Q6_KP)

@@ -76,6 +76,47 @@ template <> struct Direct<T_Q4_0P> {
     }
 };
 
+template <> struct Direct<T_Q4_KP> {
+    struct Piece {
+        uint4 q;
+        float d, dm;  // the sub-block's scale and min times the super-block's d and dmin
+    };
+    static __device__ __forceinline__ Piece load(const uint8_t* row, int u, int n_units) {
+        const uint8_t* dd = row + 16 * n_units + 12 * (n_units >> 3) + 4 * (u >> 3);
+        float sc, m;
+        kq_scale_min(row + 16 * n_units + 12 * (u >> 3), u & 7, &sc, &m);
+        return Piece{__ldg((const uint4*)row + u), f16_at(dd) * sc, f16_at(dd + 2) * m};
+    }
+    static __device__ __forceinline__ float dot(const Piece& p, int n_units, const float* x) {
+        const uint32_t q[4] = {p.q.x, p.q.y, p.q.z, p.q.w};
+        float s = 0.f, sx = 0.f;
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            uint32_t lo = q[t] & 0x0F0F0F0Fu, hi = (q[t] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                int i = packed_weight(t, b);
+                s += (byte_float(lo, b) - 8388608.f) * x[i];  // 2^23: the value, exact
+                s += (byte_float(hi, b) - 8388608.f) * x[i + 16];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 32; i++) sx += x[i];  // the same for every row: computed once per unit
+        return p.d * s - p.dm * sx;
+    }
+    static __device__ __forceinline__ void decode(const Piece& p, int n_units, float* w) {
+        const uint32_t q[4] = {p.q.x, p.q.y, p.q.z, p.q.w};
+#pragma unroll
+        for (int t = 0; t < 4; t++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                int i = packed_weight(t, b);
+                w[i] = p.d * (byte_float(q[t] & 0x0F0F0F0Fu, b) - 8388608.f) - p.dm;
+                w[i + 16] = p.d * (byte_float((q[t] >> 4) & 0x0F0F0F0Fu, b) - 8388608.f) - p.dm;
+            }
+    }
+};
+
 // the 2-bit highs of a Q6_KP word's four nibbles, one per byte at bits 4-5
 __device__ __forceinline__ uint32_t q6_highs(uint32_t h8) {
     return ((h8 | (h8 << 6) | (h8 << 12) | (h8 << 18)) & 0x03030303u) << 4;
@@ -217,7 +258,7 @@ MVD_FORMAT(f16, T_F16)
 MVD_FORMAT(bf16, T_BF16)
 MVD_FORMAT(q8_0, T_Q8_0)
 MVD_FORMAT(q5_0, T_Q5_0)
-MVD_FORMAT(q4_k, T_Q4_K)
+MVD_FORMAT(q4_kp, T_Q4_KP)
 MVD_FORMAT(q5_k, T_Q5_K)
 MVD_FORMAT(q4_0p, T_Q4_0P)
 MVD_FORMAT(q6_kp, T_Q6_KP)
@@ -225,6 +266,7 @@ MVD_FORMAT(q6_kp, T_Q6_KP)
 #define MVD_SWEEP(NAME, T) MVD(NAME, T, 4, 4, 1) MVD(NAME, T, 16, 4, 1) MVD(NAME, T, 8, 8, 1) MVD(NAME, T, 4, 8, 1)
 MVD_SWEEP(q4_0p, T_Q4_0P)
 MVD_SWEEP(q6_kp, T_Q6_KP)
+MVD_SWEEP(q4_kp, T_Q4_KP)
 
 // ---- tensor cores ----------------------------------------------------------------------
 // d += a * b for one m16n8k16 tile: a the 16 x 16 f16 rows x k, b the 16 x 8 f16 k x vectors,
@@ -280,8 +322,10 @@ __device__ __forceinline__ void split_store(float v, unsigned short* hi, unsigne
 // The vectors as f16 hi + lo, prescaled by a power of two (one block per vector): XS holds
 // the grid's vectors (those from nv on zero) of hi then lo, each n_cols halves; the product
 // is multiplied by inv_scale[v].
+// xsum (when not null): each 32-value unit's sum of the prescaled vector (f32), for the
+// formats with a min (Q4_K: sum w x = d sum q x - dmin m sum x).
 extern "C" __global__ void split_x(const float* __restrict__ X, unsigned short* __restrict__ XS, float* __restrict__ inv_scale,
-                                   int n_cols, int nv) {
+                                   float* __restrict__ xsum, int n_cols, int nv) {
     int v = blockIdx.x;
     float m = 0.f;
     if (v < nv)
@@ -291,6 +335,12 @@ extern "C" __global__ void split_x(const float* __restrict__ X, unsigned short* 
     unsigned short* hi = XS + (long)v * 2 * n_cols;
     for (int i = threadIdx.x; i < n_cols; i += blockDim.x)
         split_store(v < nv ? X[(long)v * n_cols + i] * scale : 0.f, hi + i, hi + n_cols + i);
+    if (xsum)
+        for (int u = threadIdx.x; u < (n_cols >> 5); u += blockDim.x) {
+            float s = 0.f;
+            for (int i = 0; i < 32; i++) s += v < nv ? X[(long)v * n_cols + 32 * u + i] * scale : 0.f;
+            xsum[(long)v * (n_cols >> 5) + u] = s;
+        }
 }
 
 // The prefill's weights: row r of W dequantized, prescaled by a power of two per row and
@@ -333,6 +383,7 @@ DEQUANT_SPLIT(q4_k, T_Q4_K)
 DEQUANT_SPLIT(q5_k, T_Q5_K)
 DEQUANT_SPLIT(q6_k, T_Q6_K)
 DEQUANT_SPLIT(q4_0p, T_Q4_0P)
+DEQUANT_SPLIT(q4_kp, T_Q4_KP)
 DEQUANT_SPLIT(q6_kp, T_Q6_KP)
 
 // Y (n x rows) *= inv_x[t] * inv_w[r]: the prescales undone after the GEMMs (powers of two: exact)
@@ -358,6 +409,28 @@ template <> struct Mma<T_Q4_0P> {
         return half2_int((s ? two >> 4 : two) & 0x000F000Fu, 0x6408);  // f16 1032 = 1024 + 8
     }
     static __device__ __forceinline__ float scale(const Row& r, int s) { return r.d; }
+    static const bool has_min = false;
+    static __device__ __forceinline__ float min_of(const Row& r) { return 0.f; }
+};
+
+template <> struct Mma<T_Q4_KP> {
+    struct Row {
+        uint32_t q;
+        float d, dm;
+    };
+    static __device__ __forceinline__ Row load(const uint8_t* row, int u, int n_units, int t) {
+        const uint8_t* dd = row + 16 * n_units + 12 * (n_units >> 3) + 4 * (u >> 3);
+        float sc, m;
+        kq_scale_min(row + 16 * n_units + 12 * (u >> 3), u & 7, &sc, &m);
+        return Row{__ldg((const uint32_t*)(row + 16 * u) + t), f16_at(dd) * sc, f16_at(dd + 2) * m};
+    }
+    static __device__ __forceinline__ uint32_t a(const Row& r, int s, int pair) {
+        uint32_t two = __byte_perm(r.q, 0, pair ? 0x4342 : 0x4140);
+        return half2_int((s ? two >> 4 : two) & 0x000F000Fu, 0x6400);  // f16 1024: q itself
+    }
+    static __device__ __forceinline__ float scale(const Row& r, int s) { return r.d; }
+    static const bool has_min = true;
+    static __device__ __forceinline__ float min_of(const Row& r) { return r.dm; }
 };
 
 template <> struct Mma<T_Q6_KP> {
@@ -378,12 +451,14 @@ template <> struct Mma<T_Q6_KP> {
         return half2_int(((s ? two >> 4 : two) & 0x000F000Fu) | highs, 0x6420);  // f16 1056 = 1024 + 32
     }
     static __device__ __forceinline__ float scale(const Row& r, int s) { return s ? r.d1 : r.d0; }
+    static const bool has_min = false;
+    static __device__ __forceinline__ float min_of(const Row& r) { return 0.f; }
 };
 
 // Y (nv x n_rows) = X W^T on tensor cores for nv <= 8 NT; XS from split_x (8 NT vectors).
 template <int T, int MT, int WARPS, int NT>
 __device__ void mv_mma(const uint8_t* __restrict__ W, const unsigned short* __restrict__ XS, const float* __restrict__ inv_scale,
-                       float* __restrict__ Y, int n_rows, int n_cols, long row_bytes, int nv) {
+                       const float* __restrict__ xsum, float* __restrict__ Y, int n_rows, int n_cols, long row_bytes, int nv) {
     __shared__ float part[WARPS][16 * MT][8 * NT + 1];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int row0 = blockIdx.x * 16 * MT;
@@ -437,6 +512,20 @@ __device__ void mv_mma(const uint8_t* __restrict__ W, const unsigned short* __re
                     acc[m][n][3] += d1 * c[3];
                 }
             }
+        if (Mma<T>::has_min) {  // - dmin m sum x, per row and vector
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                float s0 = __ldg(xsum + (long)(8 * n + 2 * t) * n_units + u), s1 = __ldg(xsum + (long)(8 * n + 2 * t + 1) * n_units + u);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    float m0 = Mma<T>::min_of(r[m][0]), m1 = Mma<T>::min_of(r[m][1]);
+                    acc[m][n][0] -= m0 * s0;
+                    acc[m][n][1] -= m0 * s1;
+                    acc[m][n][2] -= m1 * s0;
+                    acc[m][n][3] -= m1 * s1;
+                }
+            }
+        }
     }
 #pragma unroll
     for (int m = 0; m < MT; m++)
@@ -458,9 +547,9 @@ __device__ void mv_mma(const uint8_t* __restrict__ W, const unsigned short* __re
 
 #define MVT(NAME, T, MT, WARPS, NT)                                                                                \
     extern "C" __global__ void mvt_##NAME##_nt##NT##_m##MT##_w##WARPS(                                            \
-        const uint8_t* W, const unsigned short* XS, const float* inv_scale, float* Y, int n_rows, int n_cols,     \
-        long row_bytes, int nv) {                                                                                  \
-        mv_mma<T, MT, WARPS, NT>(W, XS, inv_scale, Y, n_rows, n_cols, row_bytes, nv);                             \
+        const uint8_t* W, const unsigned short* XS, const float* inv_scale, const float* xsum, float* Y, int n_rows, \
+        int n_cols, long row_bytes, int nv) {                                                                      \
+        mv_mma<T, MT, WARPS, NT>(W, XS, inv_scale, xsum, Y, n_rows, n_cols, row_bytes, nv);                       \
     }
 // the runtime's choice (MMA_CONFIG in runtime.py) first, then the sweep's other shapes
 #define MVT_FORMAT(NAME, T) \
@@ -472,6 +561,7 @@ __device__ void mv_mma(const uint8_t* __restrict__ W, const unsigned short* __re
     MVT(NAME, T, 2, 8, 2)
 MVT_FORMAT(q4_0p, T_Q4_0P)
 MVT_FORMAT(q6_kp, T_Q6_KP)
+MVT_FORMAT(q4_kp, T_Q4_KP)
 
 // ---- repacking at upload: one thread per unit of a row --------------------------------------
 extern "C" __global__ void repack_q4_0(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst, int n_rows, int n_units,
@@ -485,6 +575,28 @@ extern "C" __global__ void repack_q4_0(const uint8_t* __restrict__ src, uint8_t*
     row[16 * n_units + 2 * u + 1] = b[1];
     for (int t = 0; t < 4; t++)
         for (int k = 0; k < 4; k++) row[16 * u + 4 * t + k] = b[2 + packed_weight(t, k)];
+}
+
+extern "C" __global__ void repack_q4_k(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst, int n_rows, int n_units,
+                                       long src_stride, long dst_stride) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n_rows * n_units) return;
+    int r = (int)(i / n_units), u = (int)(i % n_units);
+    const uint8_t* b = src + r * src_stride + (u >> 3) * 144;
+    int j = u & 7;
+    const uint8_t* qs = b + 16 + (j >> 1) * 32;  // as load_unit<T_Q4_K>
+    int shift = (j & 1) * 4;
+    uint8_t* row = dst + r * dst_stride;
+    for (int t = 0; t < 4; t++)
+        for (int k = 0; k < 4; k++) {
+            int w = packed_weight(t, k);
+            row[16 * u + 4 * t + k] = (uint8_t)(((qs[w] >> shift) & 0xF) | (((qs[w + 16] >> shift) & 0xF) << 4));
+        }
+    if (j == 0) {
+        int sb = u >> 3, n_sb = n_units >> 3;
+        for (int k = 0; k < 12; k++) row[16 * n_units + 12 * sb + k] = b[4 + k];
+        for (int k = 0; k < 4; k++) row[16 * n_units + 12 * n_sb + 4 * sb + k] = b[k];
+    }
 }
 
 extern "C" __global__ void repack_q6_k(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst, int n_rows, int n_units,
