@@ -51,6 +51,25 @@ extern "C" __global__ void divergent(int* out) {
     out[threadIdx.x] = 1;
 }
 
+// one m16n8k16 tile: A (16 x 16) and B (16 x 8, k x n) f16 bits row-major in memory, loaded
+// into fragments as the PTX ISA lays them out, D = A B + C into d (16 x 8, row-major)
+extern "C" __global__ void mma_tile(const unsigned short* A, const unsigned short* B, const float* C, float* D) {
+    int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    uint32_t a[4], b[2];
+    for (int r = 0; r < 4; r++) {
+        int row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
+        a[r] = A[row * 16 + col] | ((uint32_t)A[row * 16 + col + 1] << 16);
+    }
+    for (int r = 0; r < 2; r++) {
+        int k = 2 * t + 8 * r;
+        b[r] = B[k * 8 + g] | ((uint32_t)B[(k + 1) * 8 + g] << 16);
+    }
+    float d[4];
+    for (int i = 0; i < 4; i++) d[i] = C[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)];
+    g4c_emu_mma_m16n8k16(d, a, b);
+    for (int i = 0; i < 4; i++) D[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+
 extern "C" __global__ void grid_index(int* out) {
     int b = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     int t = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
@@ -103,6 +122,19 @@ def test_grid_and_block_indices(mod):
     mod.get_function("grid_index")((3, 2, 2), (4, 2, 3), (out,))
     b, t = np.divmod(np.arange(out.size), 24)
     np.testing.assert_array_equal(out, b * 1000 + t)
+
+
+def test_mma_tile(mod):
+    """The emulator's mma.m16n8k16 (what the tensor-core matvec runs on in CI): a tile of f16
+    values with a C term against numpy; f16 products are exact in f32 and the 16 terms here
+    are small integers and halves, so the sum is exact too."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(-8, 8, (16, 16)).astype(np.float16)
+    b = (rng.integers(-64, 64, (16, 8)) / 2).astype(np.float16)
+    c = rng.integers(-100, 100, (16, 8)).astype(np.float32)
+    d = np.zeros((16, 8), np.float32)
+    mod.get_function("mma_tile")((1,), (32,), (a.view(np.uint16).copy(), b.view(np.uint16).copy(), c, d))
+    np.testing.assert_array_equal(d, a.astype(np.float32) @ b.astype(np.float32) + c)
 
 
 def test_divergent_barriers_are_an_error(mod):
