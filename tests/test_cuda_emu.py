@@ -181,8 +181,8 @@ def test_emulator_runs_only_when_named():
 
 def test_ring_and_window_on_emulated_cuda():
     """The CUDA runtime's ring and window bounds through the emulator, in seconds (CI's
-    conformance subset leaves out the 1026-position window test): a 70-token prefill on the
-    tiny preset, whose window of 32 makes the ring keep only the prefill's last 32 keys, then
+    conformance subset leaves out the 1026-position window test): a 70-token prefill (the
+    tiled attention of prefills) on the tiny preset, whose window of 32 makes the ring keep only the prefill's last 32 keys, then
     decode steps that wrap the ring, against the float64 reference."""
     from g4c.conformance.harness import load_model, prompt, reference_logits
     from g4c import tolerance
@@ -195,6 +195,8 @@ def test_ring_and_window_on_emulated_cuda():
     toks = prompt(74, model.n_vocab, seed=5)
     ref = reference_logits(model, toks)
     sess = rt.load(model, 128, 1)
+    # the 70-row prefill takes the tiled attention (attention_tile), the decode steps attention_split
+    assert sess._host_inputs(np.array(toks[:70]), np.zeros(70, np.int64), np.arange(70))["tiled"]
     rows = list(np.asarray(sess.prefill(list(toks[:70]))))
     for t in toks[70:-1]:
         rows.append(np.asarray(sess.decode([t]))[0])

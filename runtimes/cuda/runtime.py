@@ -62,6 +62,8 @@ DIRECT_SWEEP = ((4, 4), (16, 4), (8, 8), (4, 8))  # (rows, warps) of mvd_* for o
 MMA_SHAPES = ((2, 4, 1), (2, 4, 2), (1, 4, 1), (1, 4, 2), (4, 4, 2), (2, 8, 2))  # (tiles, warps, vector tiles) of mvt_*
 ATT_WARPS, ATT_MAX_D = 4, 512  # as in attention.cu
 ATT_KEYS_PER_SPLIT, ATT_MAX_SPLIT = 256, 64  # flash-decoding split of the visible keys
+ATT_TILE = 8  # rows per block of attention_tile, the prefill's attention (as in attention.cu)
+ATTENTION_TILED = os.environ.get("G4C_CUDA_ATTENTION_TILE", "1") != "0"  # 0: the prefill on attention_split too
 # a layer's matrices by the input they read: one launch multiplies each group, stacked by rows
 GROUPS = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "attn_output": ("attn_output",),
           "ffn_gate_up": ("ffn_gate", "ffn_up"), "ffn_down": ("ffn_down",)}
@@ -535,6 +537,9 @@ class CudaSession(Session):
             "base": self.base.astype(np.int32), "p0": p0.astype(np.int32),
             "ring_slot": self.kv.ring_slots(seqs, pos), "full_slot": span,
             "max_keys_sliding": max(1, int(min(self.ring, span.max() + 1))), "max_keys_full": max(1, int(span.max() + 1)),
+            # rows of one sequence at consecutive positions, more than a decode batch: the prefill's tiled attention
+            "tiled": bool(len(pos) > MATVEC_NV[-1] and (seqs == seqs[0]).all() and (np.diff(pos) == 1).all()
+                          and ATTENTION_TILED),
         }
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
@@ -582,9 +587,16 @@ class CudaSession(Session):
         a = cp.empty((n, H, d), cp.float32)
         n_split = max(1, min(ATT_MAX_SPLIT, -(-max_keys // ATT_KEYS_PER_SPLIT)))
         part = cp.empty((n, H, n_split, d + 2), cp.float32)
-        k.fn("attention_split")((n, H, n_split), (32 * ATT_WARPS,), (
-            q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["base"], dev["p0"], np.int32(H), np.int32(Hkv),
-            np.int32(d), np.int32(n_slots), np.int32(s.window), np.float32(s.attn_scale), np.int32(s.sliding), np.int32(n_split)))
+        if dev.get("tiled"):  # a prefill: ATT_TILE rows share each key read
+            k.fn("attention_tile")((-(-n // ATT_TILE), H, n_split), (32 * ATT_TILE,), (
+                q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["base"], dev["p0"], np.int32(n), np.int32(H),
+                np.int32(Hkv), np.int32(d), np.int32(n_slots), np.int32(s.window), np.float32(s.attn_scale),
+                np.int32(s.sliding), np.int32(n_split)))
+        else:
+            k.fn("attention_split")((n, H, n_split), (32 * ATT_WARPS,), (
+                q, kk, v, k_cache, v_cache, part, dev["pos"], dev["seq"], dev["base"], dev["p0"], np.int32(H), np.int32(Hkv),
+                np.int32(d), np.int32(n_slots), np.int32(s.window), np.float32(s.attn_scale), np.int32(s.sliding),
+                np.int32(n_split)))
         # the merge then stores the new keys: after every split has read the cache
         k.fn("attention_combine")((n, H), (128,), (
             part, a, np.int32(H), np.int32(d), np.int32(n_split), kk, v, k_cache, v_cache,

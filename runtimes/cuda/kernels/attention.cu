@@ -142,3 +142,81 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part, flo
         v_cache[dst + j] = v_new[src + j];
     }
 }
+
+// The prefill's form of attention_split: block (tile, head, split) takes ATT_TILE consecutive
+// rows of one sequence (positions P0, P0 + 1, ...; the host uses it only then), a warp per
+// row, and walks the union of their visible keys (first(P0) .. the last row's position) in
+// pieces of ATT_TILE_KEYS keys staged once in shared memory for all the tile's rows: each
+// key and value crosses from memory once per tile instead of once per row. A row skips the
+// keys it cannot see. Writes part as attention_split does (attention_combine merges).
+#define ATT_TILE 8
+#define ATT_TILE_KEYS 8
+extern "C" __global__ void attention_tile(
+    const float* __restrict__ q, const float* __restrict__ k_new, const float* __restrict__ v_new,
+    const float* __restrict__ k_cache, const float* __restrict__ v_cache, float* __restrict__ part,
+    const int* __restrict__ row_pos, const int* __restrict__ row_seq, const int* __restrict__ seq_base,
+    const int* __restrict__ seq_p0, int n_rows, int H, int Hkv, int d, int n_slots, int window, float scale, int ring,
+    int n_split) {
+    __shared__ __align__(16) float sk[ATT_TILE_KEYS][MAX_D], sv[ATT_TILE_KEYS][MAX_D];
+    int r0 = blockIdx.x * ATT_TILE, h = blockIdx.y, sp = blockIdx.z;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int last = min(r0 + ATT_TILE, n_rows) - 1;
+    int P0 = row_pos[r0], s = row_seq[r0], base = seq_base[s], p0 = seq_p0[s];
+    int kvh = h / (H / Hkv);
+    // the union of the tile's visible keys: from the first row's first key to the last row
+    Keys uk = visible_keys(P0, base, p0, window);
+    int P_last = row_pos[last];
+    int n_union = (P_last - uk.first) + 1;
+    int per = (n_union + n_split - 1) / n_split;
+    int begin = sp * per, end = min(n_union, begin + per);
+    int r = r0 + warp, p = P0 + warp;
+    bool live = r <= last;
+    Keys mine = visible_keys(p, base, p0, window);  // this row's: mine.first .. p
+    float qr[MAX_D / 32], acc[MAX_D / 32];
+    int nd = d >> 5;
+#pragma unroll
+    for (int j = 0; j < MAX_D / 32; j++) {
+        qr[j] = live && j < nd ? q[((long)r * H + h) * d + lane + 32 * j] : 0.f;
+        acc[j] = 0.f;
+    }
+    float m = -3.402823466e38f, l = 0.f;
+    for (int i0 = begin; i0 < end; i0 += ATT_TILE_KEYS) {
+        int nk = min(ATT_TILE_KEYS, end - i0);
+        __syncthreads();  // the previous piece is read by every warp
+        for (int e = threadIdx.x; e < nk * d; e += blockDim.x) {
+            int k = e / d, j = e % d, kpos = uk.first + i0 + k;
+            long off = kpos < p0 ? (((long)s * n_slots + (ring ? kpos % n_slots : kpos - base)) * Hkv + kvh) * d
+                                 : ((long)(r0 + (kpos - P0)) * Hkv + kvh) * d;
+            sk[k][j] = (kpos < p0 ? k_cache : k_new)[off + j];
+            sv[k][j] = (kpos < p0 ? v_cache : v_new)[off + j];
+        }
+        __syncthreads();
+        if (!live) continue;
+        for (int k = 0; k < nk; k++) {
+            int kpos = uk.first + i0 + k;
+            if (kpos < mine.first || kpos > p) continue;  // the same for every lane of the warp
+            float dot = 0.f;
+#pragma unroll
+            for (int j = 0; j < MAX_D / 32; j++)
+                if (j < nd) dot += qr[j] * sk[k][lane + 32 * j];
+            for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, o);
+            float sc = dot * scale;
+            float m_new = fmaxf(m, sc);
+            float corr = expf(m - m_new), ex = expf(sc - m_new);
+            l = l * corr + ex;
+#pragma unroll
+            for (int j = 0; j < MAX_D / 32; j++)
+                if (j < nd) acc[j] = acc[j] * corr + ex * sv[k][lane + 32 * j];
+            m = m_new;
+        }
+    }
+    if (!live) return;
+    float* out = part + (((long)r * H + h) * n_split + sp) * (d + 2);
+#pragma unroll
+    for (int j = 0; j < MAX_D / 32; j++)
+        if (j < nd) out[lane + 32 * j] = acc[j];
+    if (lane == 0) {
+        out[d] = m;
+        out[d + 1] = l;
+    }
+}
