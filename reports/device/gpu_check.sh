@@ -32,7 +32,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 ( python3 -c "from g4c import fixtures; print(fixtures.ensure('12b'))" > /tmp/model_path 2> "$OUT/fixture.log" ) &
 FIXTURE=$!
 
-timeout -s INT -k 10 "$(cap 150)" python3 reports/device/matvec_sweep.py "$OUT" --deadline "$(( $(cap 150) - 15 ))" \
+# (the runtime's module takes about 30 s to compile on a fresh machine: CuPy's cache starts empty)
+timeout -s INT -k 10 "$(cap 180)" python3 reports/device/matvec_sweep.py "$OUT" --deadline "$(( $(cap 180) - 15 ))" \
   > "$OUT/matvec-sweep.log" 2>&1
 echo "matvec sweep exit $?"
 wait $FIXTURE

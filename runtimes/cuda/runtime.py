@@ -454,6 +454,11 @@ class CudaSession(Session):
                 self.kv_cache[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
         self._alloc_full()
         self.captures = 0  # decode graphs captured: one per session, unless graphs fail
+        # the uploads' repacking and the caches' zeroing ran on the default stream; a first
+        # decode runs on the graph's own non-blocking stream, which would not wait for them
+        sync = getattr(cp.cuda.Device(), "synchronize", None)  # the emulator's work is done when issued
+        if sync:
+            sync()
 
     def _decode(self, toks: np.ndarray, pos: np.ndarray) -> np.ndarray:
         seqs = np.arange(self.n_seq)

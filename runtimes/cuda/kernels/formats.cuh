@@ -10,6 +10,7 @@ typedef signed char int8_t;
 typedef unsigned short uint16_t;
 typedef unsigned int uint32_t;
 typedef long long int64_t;
+typedef unsigned long long uintptr_t;
 #else
 #include <stdint.h>
 #endif

@@ -284,7 +284,7 @@ __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, const uint3
 #endif
 }
 
-// Two f16 values q - bias (q < 2048, exact) from two 16-bit lanes holding q: 1024 + q by
+// Two f16 values q - bias (q < 1024, exact) from two 16-bit lanes holding q: 1024 + q by
 // placing q in the mantissa of 1024 (0x6400), then one f16x2 subtraction of 1024 + bias.
 __device__ __forceinline__ uint32_t half2_int(uint32_t q2, unsigned short bias_bits) {
     __half2 h = __hsub2(u32_as_half2(q2 | 0x64006400u), __halves2half2(__ushort_as_half(bias_bits), __ushort_as_half(bias_bits)));
@@ -303,13 +303,14 @@ __device__ __forceinline__ float block_max(float m) {
     return m;
 }
 
-// The power of two that puts m below 2^14 (m < 2^e: 2^(14 - e)); 1 for 0, inf or NaN. Values
-// so scaled split into f16 hi + lo that keep 22 bits of every value down to 2^-8 of m
-// without leaving f16's normal range.
+// The power of two that puts m below 2^14 (m < 2^e: 2^(14 - e), at most 2^127 so it stays
+// finite for the tiniest m); 2^14 where m is 0, inf or NaN (the values pass as they are, inf
+// and NaN propagate). Values so scaled split into f16 hi + lo that keep 22 bits of every
+// value down to 2^-8 of m without leaving f16's normal range.
 __device__ __forceinline__ float pow2_scale(float m) {
     int e = 0;
     if (m > 0.f && isfinite(m)) frexpf(m, &e);
-    return ldexpf(1.f, 14 - e);
+    return ldexpf(1.f, 14 - max(e, -113));
 }
 
 // v * scale as f16 hi and lo (v * scale = hi + lo to 2^-22 of the scaled largest value)
