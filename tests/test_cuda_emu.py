@@ -202,3 +202,10 @@ def test_ring_and_window_on_emulated_cuda():
         rows.append(np.asarray(sess.decode([t]))[0])
     assert_logits_close(np.array(rows), ref[:-1], tol, tol.logit_max_abs(model.config, ref), np.arange(73),
                         what="emulated cuda logits")
+
+
+def test_emulator_bandwidth_is_the_hosts():
+    """The benchmarks' roofline for the emulator: host memory, measured (CudaRuntime's own
+    measurement needs CUDA events and a device; the emulator once raised 'cupy is not installed')."""
+    bw = emu.EmulatedCudaRuntime().memory_bandwidth()
+    assert bw["bytes_per_s"] > 1e8 and bw["device"] == "host" and "emulator" in bw["note"]

@@ -201,6 +201,13 @@ class EmulatedCudaRuntime(CudaRuntime):
         compiler()  # raises DeviceUnavailableError without g++, which makes the runtime unavailable
         return cupy
 
+    def memory_bandwidth(self) -> dict:
+        """The host's read bandwidth: the emulator's arrays live in host memory (CUDA events
+        and device copies, which CudaRuntime measures with, are not emulated)."""
+        from g4c.bench import host_read_bandwidth
+
+        return {**host_read_bandwidth(), "note": "CUDA emulator: host memory"}
+
     def settings(self) -> dict:
         from g4c.provenance import cpu_name
 
