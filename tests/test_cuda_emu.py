@@ -196,7 +196,9 @@ def test_ring_and_window_on_emulated_cuda():
     ref = reference_logits(model, toks)
     sess = rt.load(model, 128, 1)
     # the 70-row prefill takes the tiled attention (attention_tile), the decode steps attention_split
-    assert sess._host_inputs(np.array(toks[:70]), np.zeros(70, np.int64), np.arange(70))["tiled"]
+    from g4c.runtimes.cuda.runtime import tiled_attention
+
+    assert tiled_attention(np.zeros(70, np.int64), np.arange(70)) and not tiled_attention(np.zeros(1, np.int64), [70])
     rows = list(np.asarray(sess.prefill(list(toks[:70]))))
     for t in toks[70:-1]:
         rows.append(np.asarray(sess.decode([t]))[0])

@@ -399,6 +399,13 @@ class DeviceMatrix:
         self.n_rows, self.n_cols, self.row_bytes = n_rows, n_cols, row_bytes
 
 
+def tiled_attention(seqs: np.ndarray, pos: np.ndarray) -> bool:
+    """Whether a forward's rows take attention_tile: rows of one sequence at consecutive
+    positions, more than a decode batch (a prefill), unless G4C_CUDA_ATTENTION_TILE=0."""
+    seqs, pos = np.asarray(seqs), np.asarray(pos)
+    return bool(ATTENTION_TILED and len(pos) > MATVEC_NV[-1] and (seqs == seqs[0]).all() and (np.diff(pos) == 1).all())
+
+
 def matvec_path() -> str:
     path = os.environ.get("G4C_CUDA_MATVEC", "direct")
     if path not in MATVEC_PATHS:
@@ -542,9 +549,7 @@ class CudaSession(Session):
             "base": self.base.astype(np.int32), "p0": p0.astype(np.int32),
             "ring_slot": self.kv.ring_slots(seqs, pos), "full_slot": span,
             "max_keys_sliding": max(1, int(min(self.ring, span.max() + 1))), "max_keys_full": max(1, int(span.max() + 1)),
-            # rows of one sequence at consecutive positions, more than a decode batch: the prefill's tiled attention
-            "tiled": bool(len(pos) > MATVEC_NV[-1] and (seqs == seqs[0]).all() and (np.diff(pos) == 1).all()
-                          and ATTENTION_TILED),
+            "tiled": tiled_attention(seqs, pos),
         }
 
     def _forward(self, toks: np.ndarray, seqs: np.ndarray, pos: np.ndarray, all_logits: bool) -> np.ndarray:
