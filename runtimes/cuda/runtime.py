@@ -212,7 +212,7 @@ class Kernels:
 
     def upload(self, raw: np.ndarray, qtype: QT, n_cols: int, path: str | None = None) -> "DeviceMatrix":
         """A matrix's stored rows (host bytes, n_rows x row_bytes) on the device, in the layout
-        the matvec path reads: Q4_0 and Q6_K repacked on the device (rows padded to 16 bytes)
+        the matvec path reads: Q4_0, Q4_K and Q6_K (PACKED) repacked on the device (rows padded to 16 bytes)
         unless the path is staged."""
         cp = self.cp
         path = path or self.path
@@ -390,7 +390,7 @@ class _Staging:
 
 
 class DeviceMatrix:
-    """A matrix on the device: its rows in the stored format (fmt "q4_0p" or "q6_kp": repacked,
+    """A matrix on the device: its rows in the stored format (fmt "q4_0p", "q4_kp" or "q6_kp": repacked,
     rows padded to row_bytes), one tensor or tensors of one format and width stacked by rows,
     and the matvec path it was uploaded for."""
 
@@ -453,7 +453,6 @@ class CudaSession(Session):
         # decode steps replay a CUDA graph unless G4C_CUDA_GRAPHS=0
         self.graphs = os.environ.get("G4C_CUDA_GRAPHS", "1") != "0"
         self.graph_error: str | None = None
-        self.full_cap = 0
         self.kv_cache = {}
         for s in c.layers:
             if s.sliding:
@@ -483,7 +482,6 @@ class CudaSession(Session):
             if not s.sliding:
                 shape = (self.n_seq, self.max_context, s.n_head_kv, s.head_dim)
                 self.kv_cache[s.index] = (cp.zeros(shape, cp.float32), cp.zeros(shape, cp.float32))
-        self.full_cap = self.max_context
 
     def _decode_graph(self, toks, seqs, pos) -> np.ndarray:
         """One decode step replayed from a CUDA graph: no Python between its ~1300 kernels.
@@ -495,7 +493,7 @@ class CudaSession(Session):
         cross from one pinned host buffer in one copy."""
         cp = self.cp
         host = self._host_inputs(toks, seqs, pos)
-        host["max_keys_sliding"], host["max_keys_full"] = self.ring, self.full_cap
+        host["max_keys_sliding"], host["max_keys_full"] = self.ring, self.max_context
         g = self._graph
         if g is None:
             pool, stream = cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True)
